@@ -1,0 +1,34 @@
+# The whole set-up on a fresh machine is `make demo` or `make test`; both install what they need first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+# The stamp's name changes when the dependency files change, so an edit reinstalls and nothing else does.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | cksum | cut -d' ' -f1)
+
+.PHONY: setup demo test bench clean-venv
+
+setup: $(STAMP)
+	@:
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing loracam into $(VENV) (torch 2.13.0 first, then the rest under constraints.txt)"
+	@# torch first and alone, so the later install sees it satisfied and never pulls a CUDA build.
+	@$(PIP) install "torch==2.13.0" 2>&1 | { grep -v "^WARNING: Location" || true; }
+	@$(PIP) install -c constraints.txt -e ".[dev]" 2>&1 | { grep -v "^WARNING: Location" || true; }
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+demo: setup
+	$(VENV)/bin/loracam demo
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	@set -e; for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b; done
+
+clean-venv:
+	rm -rf $(VENV)

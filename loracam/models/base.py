@@ -1,0 +1,64 @@
+"""A loaded base model: the diffusers components loracam uses, plus what infotext needs to say about it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass
+class BaseModel:
+    """An SD1.x-family model, its components on one device, and its identity for infotext.
+
+    The components are shared by every job that uses the model and must never be mutated in place:
+    LoRAs patch them temporarily and restore them exactly (see loracam.lora).
+    """
+
+    name: str  # infotext "Model": file stem, folder name, hub id or "random:tiny"
+    ref: str  # the reference the user gave, resolved (absolute path, hub id, random:*)
+    family: str  # "sd1"
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler_config: dict
+    device: torch.device
+    dtype: torch.dtype
+    path: Path | None = None  # the checkpoint file, when the model came from one
+    sha256: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def short_hash(self) -> str | None:
+        """A1111's "Model hash": the first 10 hex of the checkpoint's sha256."""
+        return self.sha256[:10] if self.sha256 else None
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler_config.get("prediction_type", "epsilon")
+
+    @property
+    def is_inpainting(self) -> bool:
+        return self.unet.config.in_channels == 9
+
+    def components(self) -> dict[str, Any]:
+        """Keyword arguments for a diffusers StableDiffusionPipeline built on these components."""
+        from diffusers import PNDMScheduler
+
+        return {
+            "unet": self.unet,
+            "vae": self.vae,
+            "text_encoder": self.text_encoder,
+            "tokenizer": self.tokenizer,
+            "scheduler": PNDMScheduler.from_config(self.scheduler_config),
+            "safety_checker": None,
+            "feature_extractor": None,
+            "requires_safety_checker": False,
+        }

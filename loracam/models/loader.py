@@ -1,0 +1,341 @@
+"""Resolve a ``--base`` reference and load it: single file, diffusers folder, hub id, random:*, toy.
+
+Every kind of reference has one loader in ``LOADERS``; ``resolve_ref`` decides the kind. Loading never
+reaches the network unless the reference is a hub id the user named, and then only after a quick
+reachability check, so an offline machine fails in seconds with a message instead of hanging.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlparse
+
+import torch
+
+from loracam.errors import LoracamError
+from loracam.models.base import BaseModel
+from loracam.models.hashing import HashCache
+from loracam.models.tiny import SD15_DIR, sd15_configs, tiny_configs
+
+SAFE_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+TOY_DIR = Path(__file__).resolve().parent.parent / "toy" / "model"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load: where, in which precision, and what the user consented to."""
+
+    device: torch.device
+    dtype: torch.dtype
+    allow_pickle: bool = False
+    hash_cache: HashCache | None = None
+
+
+@dataclass(frozen=True)
+class Ref:
+    kind: str  # file | folder | hub | random | toy
+    value: str
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` is the first CUDA GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise LoracamError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LoracamError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return dev
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` is fp16 on a GPU (as A1111 runs SD1.5) and fp32 on a CPU, where fp16 is slow."""
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if name not in table:
+        raise LoracamError(f"unknown precision {name!r}; use auto, {', '.join(table)}")
+    return table[name]
+
+
+def resolve_ref(ref: str | None) -> Ref:
+    """Classify a base reference; ``None`` means the default base, the built-in toy model."""
+    if ref is None or ref == "toy":
+        return Ref("toy", "toy")
+    if ref.startswith("random:"):
+        if ref not in ("random:tiny", "random:sd15"):
+            raise LoracamError(f"unknown random model {ref!r}; use random:tiny or random:sd15")
+        return Ref("random", ref)
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return Ref("file", str(path.resolve()))
+    if path.is_dir():
+        return Ref("folder", str(path.resolve()))
+    if HUB_ID.match(ref) and not ref.startswith((".", "/", "~")) and not path.suffix:
+        return Ref("hub", ref)
+    raise LoracamError(
+        f"base model not found: {ref!r} is not a file, a folder, a hub id (owner/name), "
+        "random:tiny, random:sd15 or toy"
+    )
+
+
+def load_base(ref: str | None, opts: LoadOptions) -> BaseModel:
+    """Load the model a reference names, with every problem reported as a LoracamError."""
+    r = resolve_ref(ref)
+    with _quiet_libraries():
+        model = LOADERS[r.kind](r.value, opts)
+    model.unet.eval()
+    model.vae.eval()
+    model.text_encoder.eval()
+    for module in (model.unet, model.vae, model.text_encoder):
+        module.requires_grad_(False)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# random:tiny and random:sd15
+
+
+def build_random(configs: dict[str, dict], seed: int = 0):
+    """Build UNet, VAE, text encoder and tokenizer from config dicts with seeded random weights.
+
+    The global RNG is forked, so building a model never changes the caller's random stream.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel.from_config(configs["unet"])
+        vae = AutoencoderKL.from_config(configs["vae"])
+        te_cfg = {k: v for k, v in configs["text_encoder"].items() if k not in ("architectures", "torch_dtype")}
+        text_encoder = CLIPTextModel(CLIPTextConfig(**te_cfg))
+    tokenizer = CLIPTokenizer.from_pretrained(SD15_DIR / "tokenizer")
+    return unet, vae, text_encoder, tokenizer
+
+
+def _load_random(value: str, opts: LoadOptions) -> BaseModel:
+    configs = tiny_configs() if value == "random:tiny" else sd15_configs()
+    unet, vae, te, tok = build_random(configs)
+    return _finish(value, value, unet, vae, te, tok, configs["scheduler"], opts)
+
+
+# ---------------------------------------------------------------------------------------------
+# single files
+
+
+def checkpoint_keys(path: Path, allow_pickle: bool) -> dict[str, tuple]:
+    """Tensor names and shapes of a checkpoint, read without loading the weights where possible."""
+    suffix = path.suffix.lower()
+    if suffix in SAFE_SUFFIXES:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as exc:  # safetensors raises several types for damaged files
+            raise LoracamError(
+                f"{path.name} could not be read as safetensors ({exc}); the file is damaged or "
+                "incomplete: download it again"
+            ) from None
+    if suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise LoracamError(
+                f"{path.name} is a pickle checkpoint ({suffix}), which can run code when loaded. "
+                "loracam only loads such files weights-only, and only when you pass --allow-pickle; "
+                "better, use a .safetensors version of the model"
+            )
+        try:
+            sd = torch.load(path, map_location="meta", weights_only=True, mmap=True)
+        except Exception as exc:
+            raise LoracamError(
+                f"{path.name} could not be loaded weights-only ({type(exc).__name__}: {exc}); "
+                "it is damaged or holds more than plain tensors: use a .safetensors version"
+            ) from None
+        sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+        return {k: tuple(v.shape) for k, v in sd.items() if hasattr(v, "shape")}
+    raise LoracamError(
+        f"{path.name}: unsupported checkpoint type {suffix!r}; use .safetensors (or .ckpt with --allow-pickle)"
+    )
+
+
+def detect_checkpoint_family(keys: dict[str, tuple], name: str) -> str:
+    """Tell SD1.x from SDXL, SD2, LoRA files and non-SD files by their tensor names."""
+    if any(k.startswith(("lora_unet_", "lora_te")) or ".lora_down." in k for k in keys):
+        raise LoracamError(f"{name} is a LoRA, not a base model: put it in --lora-dir and use <lora:NAME:W>")
+    if any(k.startswith("conditioner.embedders.") for k in keys):
+        raise LoracamError(f"{name} is an SDXL checkpoint; this version of loracam supports SD1.x bases only")
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        raise LoracamError(f"{name} is an SD2.x checkpoint; this version of loracam supports SD1.x bases only")
+    if not any(k.startswith("model.diffusion_model.") for k in keys):
+        raise LoracamError(f"{name} is not a Stable Diffusion checkpoint (no model.diffusion_model.* weights)")
+    return "sd1"
+
+
+def _load_file(value: str, opts: LoadOptions) -> BaseModel:
+    from diffusers import StableDiffusionPipeline
+
+    path = Path(value)
+    keys = checkpoint_keys(path, opts.allow_pickle)
+    detect_checkpoint_family(keys, path.name)
+    in_ch = keys.get("model.diffusion_model.input_blocks.0.0.weight", (0, 4))[1]
+    with _config_folder(in_channels=in_ch) as cfg:
+        try:
+            pipe = StableDiffusionPipeline.from_single_file(
+                str(path), config=str(cfg), local_files_only=True, torch_dtype=torch.float32,
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            )
+        except Exception as exc:
+            raise LoracamError(
+                f"{path.name} looks like an SD1.x checkpoint but could not be loaded "
+                f"({type(exc).__name__}: {exc}); it may be damaged or of an unsupported variant"
+            ) from None
+    sha = opts.hash_cache.sha256(path) if opts.hash_cache else None
+    return _finish(path.stem, str(path), pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer,
+                   dict(pipe.scheduler.config), opts, path=path, sha256=sha)
+
+
+@contextmanager
+def _config_folder(in_channels: int):
+    """The shipped SD1.5 config folder, or a temporary copy with a 9-channel U-Net for inpainting models."""
+    if in_channels == 4:
+        yield SD15_DIR
+        return
+    import json
+
+    with tempfile.TemporaryDirectory(prefix="loracam-cfg-") as tmp:
+        dst = Path(tmp) / "sd15"
+        shutil.copytree(SD15_DIR, dst)
+        cfg_path = dst / "unet" / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["in_channels"] = int(in_channels)
+        cfg_path.write_text(json.dumps(cfg))
+        yield dst
+
+
+# ---------------------------------------------------------------------------------------------
+# diffusers folders and hub ids
+
+
+def _load_folder(value: str, opts: LoadOptions) -> BaseModel:
+    path = Path(value)
+    if not (path / "model_index.json").exists():
+        hint = ""
+        if any(path.glob("*.safetensors")):
+            hint = "; to use a checkpoint file in it, pass the file itself"
+        raise LoracamError(f"{path} is not a diffusers model folder (no model_index.json){hint}")
+    return _from_pretrained(str(path), path.name, opts, local_only=True)
+
+
+def _load_hub(value: str, opts: LoadOptions) -> BaseModel:
+    try:
+        return _from_pretrained(value, value, opts, local_only=True)
+    except LoracamError:
+        pass  # not in the local hub cache: fetching it is what the user asked for by naming it
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or not _reachable(endpoint):
+        raise LoracamError(
+            f"cannot fetch {value!r}: the model hub ({endpoint}) is not reachable from this machine and "
+            "the model is not in the local cache. Download it where there is a network and pass its "
+            "folder or .safetensors file with --base"
+        )
+    return _from_pretrained(value, value, opts, local_only=False)
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(src: str, name: str, opts: LoadOptions, local_only: bool) -> BaseModel:
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            src, local_files_only=local_only, torch_dtype=torch.float32,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+    except Exception as exc:
+        raise LoracamError(f"could not load the diffusers model {src!r}: {type(exc).__name__}: {exc}") from None
+    return _finish(name, src, pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer,
+                   dict(pipe.scheduler.config), opts)
+
+
+# ---------------------------------------------------------------------------------------------
+# the built-in toy model
+
+
+def _load_toy(value: str, opts: LoadOptions) -> BaseModel:
+    if not (TOY_DIR / "model_index.json").exists():
+        raise LoracamError(
+            "no base model given and the built-in toy model is not bundled in this version of loracam: "
+            "pass --base with a .safetensors checkpoint, a diffusers folder, a hub id, or random:tiny "
+            "(an untrained model that renders noise, for trying the commands)"
+        )
+    model = _from_pretrained(str(TOY_DIR), "toy", opts, local_only=True)
+    model.ref = "toy"
+    return model
+
+
+def _finish(name, ref, unet, vae, te, tok, sched_cfg, opts: LoadOptions, path=None, sha256=None) -> BaseModel:
+    # The VAE stays fp32 on GPU in fp16 runs only if asked; SD1.5's VAE decodes fine in fp16 and
+    # generate() re-decodes in fp32 when it sees NaNs, as A1111 does.
+    unet.to(opts.device, opts.dtype)
+    vae.to(opts.device, opts.dtype)
+    te.to(opts.device, opts.dtype)
+    return BaseModel(
+        name=name, ref=ref, family="sd1", unet=unet, vae=vae, text_encoder=te, tokenizer=tok,
+        scheduler_config={k: v for k, v in dict(sched_cfg).items() if not k.startswith("_")},
+        device=opts.device, dtype=opts.dtype, path=path, sha256=sha256,
+    )
+
+
+LOADERS: dict[str, Callable[[str, LoadOptions], BaseModel]] = {
+    "file": _load_file,
+    "folder": _load_folder,
+    "hub": _load_hub,
+    "random": _load_random,
+    "toy": _load_toy,
+}
+
+
+@contextmanager
+def _quiet_libraries():
+    """diffusers/transformers print progress bars and advice meant for their own users; keep it quiet."""
+    # Both libraries configure their root logger lazily on first use; do that first, or the level set
+    # here would be overwritten by an import inside the block.
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.get_verbosity()
+    tlog.get_verbosity()
+    loggers = [logging.getLogger(n) for n in ("diffusers", "transformers", "huggingface_hub")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)
