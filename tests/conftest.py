@@ -1,0 +1,54 @@
+"""Shared fixtures: no network, a private LORACAM_HOME, the tiny model and the real SD1.5 tokenizer."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+_real_connect = socket.socket.connect
+
+
+def _guarded_connect(self, address):
+    """Tests may talk to loopback only; any other address is a bug in the test or the code."""
+    host = address[0] if isinstance(address, tuple) else None
+    if host is not None:
+        try:
+            ok = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            ok = host == "localhost"
+        if not ok:
+            raise RuntimeError(f"test tried to reach the network: {address}")
+    return _real_connect(self, address)
+
+
+socket.socket.connect = _guarded_connect
+
+
+@pytest.fixture(autouse=True)
+def _private_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORACAM_HOME", str(tmp_path / "loracam-home"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from transformers import CLIPTokenizer
+
+    from loracam.models import SD15_DIR
+
+    return CLIPTokenizer.from_pretrained(SD15_DIR / "tokenizer")
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The random:tiny base on the CPU in fp32, shared by tests that only read it."""
+    from loracam.models import ModelCache
+
+    return ModelCache().get("random:tiny", torch.device("cpu"), torch.float32)
