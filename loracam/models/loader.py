@@ -7,6 +7,7 @@ reachability check, so an offline machine fails in seconds with a message instea
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -25,7 +26,7 @@ import torch
 from loracam.errors import LoracamError
 from loracam.models.base import BaseModel
 from loracam.models.hashing import HashCache
-from loracam.models.tiny import SD15_DIR, sd15_configs, tiny_configs
+from loracam.models.tiny import SD15_DIR, sd15_config, sd15_configs, tiny_configs
 
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -153,24 +154,32 @@ def checkpoint_keys(path: Path, allow_pickle: bool) -> dict[str, tuple]:
                 "incomplete: download it again"
             ) from None
     if suffix in PICKLE_SUFFIXES:
-        if not allow_pickle:
-            raise LoracamError(
-                f"{path.name} is a pickle checkpoint ({suffix}), which can run code when loaded. "
-                "loracam only loads such files weights-only, and only when you pass --allow-pickle; "
-                "better, use a .safetensors version of the model"
-            )
-        try:
-            sd = torch.load(path, map_location="meta", weights_only=True, mmap=True)
-        except Exception as exc:
-            raise LoracamError(
-                f"{path.name} could not be loaded weights-only ({type(exc).__name__}: {exc}); "
-                "it is damaged or holds more than plain tensors: use a .safetensors version"
-            ) from None
-        sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+        sd = _pickle_dict(path, allow_pickle)
+        sd = sd.get("state_dict", sd)
         return {k: tuple(v.shape) for k, v in sd.items() if hasattr(v, "shape")}
     raise LoracamError(
         f"{path.name}: unsupported checkpoint type {suffix!r}; use .safetensors (or .ckpt with --allow-pickle)"
     )
+
+
+def _pickle_dict(path: Path, allow_pickle: bool) -> dict:
+    """A pickle checkpoint's top-level dict, weights on the meta device (nothing is read but names)."""
+    if not allow_pickle:
+        raise LoracamError(
+            f"{path.name} is a pickle checkpoint ({path.suffix.lower()}), which can run code when loaded. "
+            "loracam only loads such files weights-only, and only when you pass --allow-pickle; "
+            "better, use a .safetensors version of the model"
+        )
+    try:
+        sd = torch.load(path, map_location="meta", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise LoracamError(
+            f"{path.name} could not be loaded weights-only ({type(exc).__name__}: {exc}); "
+            "it is damaged or holds more than plain tensors: use a .safetensors version"
+        ) from None
+    if not isinstance(sd, dict):
+        raise LoracamError(f"{path.name} holds a {type(sd).__name__}, not a checkpoint's dict of tensors")
+    return sd
 
 
 def detect_checkpoint_family(keys: dict[str, tuple], name: str) -> str:
@@ -186,6 +195,43 @@ def detect_checkpoint_family(keys: dict[str, tuple], name: str) -> str:
     return "sd1"
 
 
+def checkpoint_configs(path: Path, allow_pickle: bool = False) -> dict[str, dict] | None:
+    """Component configs a loracam-written checkpoint carries, else None (then it is taken as SD1.5).
+
+    .safetensors keep them in the header metadata; a pickle may hold them as a top-level JSON string
+    next to its ``state_dict``.
+    """
+    from loracam.models.ldm import CONFIGS_KEY
+
+    suffix = path.suffix.lower()
+    if suffix in SAFE_SUFFIXES:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:  # checkpoint_keys has read it once already
+            raw = (f.metadata() or {}).get(CONFIGS_KEY)
+    elif suffix in PICKLE_SUFFIXES:
+        raw = _pickle_dict(path, allow_pickle).get(CONFIGS_KEY)
+    else:
+        return None
+    return None if raw is None else _parse_configs(raw, path.name)
+
+
+def _parse_configs(raw, name: str) -> dict[str, dict]:
+    from loracam.models.ldm import CONFIGS_KEY
+
+    try:
+        configs = raw if isinstance(raw, dict) else json.loads(raw)
+        missing = [c for c in ("unet", "vae", "text_encoder", "scheduler") if not isinstance(configs.get(c), dict)]
+    except (TypeError, ValueError, AttributeError):
+        missing = ["all (it is not a JSON object)"]
+    if missing:
+        raise LoracamError(
+            f"{name} has damaged '{CONFIGS_KEY}' metadata (missing: {', '.join(missing)}); save the model "
+            "again with loracam, or remove that metadata key to load it as a standard-size SD1.5 model"
+        )
+    return configs
+
+
 def _load_file(value: str, opts: LoadOptions) -> BaseModel:
     from diffusers import StableDiffusionPipeline
 
@@ -193,7 +239,9 @@ def _load_file(value: str, opts: LoadOptions) -> BaseModel:
     keys = checkpoint_keys(path, opts.allow_pickle)
     detect_checkpoint_family(keys, path.name)
     in_ch = keys.get("model.diffusion_model.input_blocks.0.0.weight", (0, 4))[1]
-    with _config_folder(in_channels=in_ch) as cfg:
+    configs = checkpoint_configs(path, opts.allow_pickle)
+    check_layout(keys, configs, in_ch, path.name)
+    with _config_folder(in_channels=in_ch, configs=configs) as cfg:
         try:
             pipe = StableDiffusionPipeline.from_single_file(
                 str(path), config=str(cfg), local_files_only=True, torch_dtype=torch.float32,
@@ -209,22 +257,83 @@ def _load_file(value: str, opts: LoadOptions) -> BaseModel:
                    dict(pipe.scheduler.config), opts, path=path, sha256=sha)
 
 
+def check_layout(keys: dict[str, tuple], configs: dict[str, dict] | None, in_channels: int, name: str) -> None:
+    """Refuse a checkpoint that lacks weights or has weights of other shapes than its configs say.
+
+    from_single_file fills components built on the meta device with what the file has: a missing
+    tensor stays empty without a warning and fails later with "Cannot copy out of meta tensor", and
+    a wrong size names only the first tensor. Comparing names and shapes first gives one clear message.
+    """
+    from loracam.models.ldm import canonical_name, expected_ldm_shapes
+
+    own = configs is not None
+    if configs is None:
+        configs = sd15_configs()
+        configs["unet"]["in_channels"] = int(in_channels)  # inpainting models have 9
+    expected = expected_ldm_shapes(configs)
+    have = {canonical_name(k): v for k, v in keys.items()}
+    # Sizes first: a model of other sizes also lacks some tensors (shortcut convs exist only where
+    # widths change), and "incomplete" would be the wrong diagnosis.
+    wrong = [k for k in expected if k in have and not _same_shape(k, have[k], expected[k])]
+    if wrong:
+        k = wrong[0]
+        what = ("the sizes in its own loracam_configs metadata: the file is damaged; save it again" if own else
+                "SD1.5's sizes: it is not a standard-size SD1.x model (if loracam wrote it, it has "
+                "lost its loracam_configs metadata; save it again)")
+        raise LoracamError(
+            f"{name}: {len(wrong)} weights do not match {what}. E.g. {k} is {list(have[k])}, "
+            f"expected {list(expected[k])}"
+        )
+    missing = [k for k in expected if k not in have]
+    if missing:
+        raise LoracamError(
+            f"{name} lacks {len(missing)} of the {len(expected)} weights of an SD1.x model "
+            f"({_count_by_part(missing)}; e.g. {missing[0]}): the file is incomplete (a U-Net-only "
+            "or partial export?); use a full checkpoint"
+        )
+
+
+def _count_by_part(names: list[str]) -> str:
+    parts = {"model.diffusion_model.": "U-Net", "first_stage_model.": "VAE", "cond_stage_model.": "text encoder"}
+    counts = {label: sum(n.startswith(p) for n in names) for p, label in parts.items()}
+    return ", ".join(f"{n} {label}" for label, n in counts.items() if n)
+
+
+def _same_shape(key: str, have: tuple, want: tuple) -> bool:
+    # LDM stores the VAE's mid-block attention projections as 1x1 convs, converted files sometimes
+    # as plain matrices; diffusers reads both.
+    if ".mid.attn_1." in key:
+        return tuple(have[:2]) == tuple(want[:2]) and all(d == 1 for d in (*have[2:], *want[2:]))
+    return tuple(have) == tuple(want)
+
+
 @contextmanager
-def _config_folder(in_channels: int):
-    """The shipped SD1.5 config folder, or a temporary copy with a 9-channel U-Net for inpainting models."""
-    if in_channels == 4:
+def _config_folder(in_channels: int, configs: dict[str, dict] | None = None):
+    """The config folder from_single_file builds the components from.
+
+    A loracam-written file carries its own configs (it may be of any size): they go into a temporary
+    folder. Any other file is taken as SD1.5: the shipped folder, or a temporary copy with a 9-channel
+    U-Net for inpainting models.
+    """
+    if configs is None and in_channels == 4:
         yield SD15_DIR
         return
-    import json
-
     with tempfile.TemporaryDirectory(prefix="loracam-cfg-") as tmp:
         dst = Path(tmp) / "sd15"
         shutil.copytree(SD15_DIR, dst)
-        cfg_path = dst / "unet" / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        cfg["in_channels"] = int(in_channels)
-        cfg_path.write_text(json.dumps(cfg))
+        if configs is None:
+            configs = {"unet": sd15_config("unet") | {"in_channels": int(in_channels)}}
+        _write_configs(dst, configs)
         yield dst
+
+
+def _write_configs(folder: Path, configs: dict[str, dict]) -> None:
+    # The tokenizer and model_index.json stay the shipped ones: loracam models all use SD1.5's.
+    names = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
+             "scheduler": "scheduler_config.json"}
+    for component, cfg in configs.items():
+        if component in names:
+            (folder / component / names[component]).write_text(json.dumps(cfg), encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,8 +439,10 @@ def _quiet_libraries():
     tlog.get_verbosity()
     loggers = [logging.getLogger(n) for n in ("diffusers", "transformers", "huggingface_hub")]
     levels = [lg.level for lg in loggers]
+    bars = dlog.is_progress_bar_enabled()  # "Loading pipeline components" is a bar, not a log line
     for lg in loggers:
         lg.setLevel(logging.ERROR)
+    dlog.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -339,3 +450,5 @@ def _quiet_libraries():
     finally:
         for lg, lvl in zip(loggers, levels):
             lg.setLevel(lvl)
+        if bars:
+            dlog.enable_progress_bar()

@@ -1,0 +1,269 @@
+"""Write SD1.x models as original-LDM "single file" checkpoints, the layout A1111, ComfyUI and civitai use.
+
+diffusers only converts LDM -> diffusers; this is the other direction. The mapping is built from the
+models' own configs and state dicts, module prefix by module prefix, and every tensor must map to a
+distinct LDM name, so a model whose layout is not SD1.x fails loudly instead of writing a file that
+other tools would half-load.
+
+The files also carry the diffusers component configs in their safetensors metadata (``loracam_configs``),
+so models of non-standard sizes (random:tiny, the toy model) can be loaded back offline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from loracam.errors import LoracamError
+from loracam.models.base import BaseModel
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+TE_PREFIX = "cond_stage_model.transformer."
+CONFIGS_KEY = "loracam_configs"
+
+# First name inside a ResNet block, diffusers -> LDM. The U-Net's LDM ResBlock keeps its layers in
+# Sequentials (in_layers = [norm, SiLU, conv], out_layers = [norm, SiLU, Dropout, conv]).
+_UNET_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+_VAE_RESNET = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2", "conv_shortcut": "nin_shortcut"}
+_VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+# ---------------------------------------------------------------------------------------------
+# module prefix tables: diffusers module path -> (LDM module path, renames of the first inner name)
+
+
+def _unet_modules(config, keys: set[str]) -> dict[str, tuple[str, dict | None]]:
+    """Module map of an SD1.x-layout UNet2DConditionModel."""
+    layers = config["layers_per_block"]
+    n_blocks = len(config["block_out_channels"])
+    if not isinstance(layers, int):
+        raise LoracamError("this U-Net has a per-block layer count (an SDXL-like layout); only SD1.x can be saved")
+    table: dict[str, tuple[str, dict | None]] = {
+        "conv_in": ("input_blocks.0.0", None),
+        "time_embedding.linear_1": ("time_embed.0", None),
+        "time_embedding.linear_2": ("time_embed.2", None),
+        "conv_norm_out": ("out.0", None),
+        "conv_out": ("out.2", None),
+        "mid_block.resnets.0": ("middle_block.0", _UNET_RESNET),
+        "mid_block.attentions.0": ("middle_block.1", None),
+        "mid_block.resnets.1": ("middle_block.2", _UNET_RESNET),
+    }
+    # LDM numbers the input blocks flat: after conv_in (index 0) each level has `layers` blocks of
+    # [resnet, attention?] and, except the last level, one more holding the downsampler.
+    for b in range(n_blocks):
+        for j in range(layers):
+            i = 1 + b * (layers + 1) + j
+            table[f"down_blocks.{b}.resnets.{j}"] = (f"input_blocks.{i}.0", _UNET_RESNET)
+            table[f"down_blocks.{b}.attentions.{j}"] = (f"input_blocks.{i}.1", None)
+        table[f"down_blocks.{b}.downsamplers.0.conv"] = (f"input_blocks.{1 + b * (layers + 1) + layers}.0.op", None)
+    # Output blocks have one more layer per level; the upsampler sits after the attention if the
+    # level has one (index 2), else right after the resnet (index 1).
+    for b in range(n_blocks):
+        has_attn = any(k.startswith(f"up_blocks.{b}.attentions.") for k in keys)
+        for j in range(layers + 1):
+            i = b * (layers + 1) + j
+            table[f"up_blocks.{b}.resnets.{j}"] = (f"output_blocks.{i}.0", _UNET_RESNET)
+            table[f"up_blocks.{b}.attentions.{j}"] = (f"output_blocks.{i}.1", None)
+        last = b * (layers + 1) + layers
+        table[f"up_blocks.{b}.upsamplers.0.conv"] = (f"output_blocks.{last}.{2 if has_attn else 1}.conv", None)
+    return table
+
+
+def _vae_modules(config) -> dict[str, tuple[str, dict | None]]:
+    """Module map of an AutoencoderKL; LDM numbers the decoder's levels in reverse (up.0 is the last)."""
+    n_blocks = len(config["block_out_channels"])
+    layers = config["layers_per_block"]
+    table: dict[str, tuple[str, dict | None]] = {
+        "quant_conv": ("quant_conv", None),
+        "post_quant_conv": ("post_quant_conv", None),
+    }
+    for part in ("encoder", "decoder"):
+        table[f"{part}.conv_in"] = (f"{part}.conv_in", None)
+        table[f"{part}.conv_out"] = (f"{part}.conv_out", None)
+        table[f"{part}.conv_norm_out"] = (f"{part}.norm_out", None)
+        table[f"{part}.mid_block.resnets.0"] = (f"{part}.mid.block_1", _VAE_RESNET)
+        table[f"{part}.mid_block.resnets.1"] = (f"{part}.mid.block_2", _VAE_RESNET)
+        table[f"{part}.mid_block.attentions.0"] = (f"{part}.mid.attn_1", _VAE_ATTENTION)
+    for b in range(n_blocks):
+        for j in range(layers):
+            table[f"encoder.down_blocks.{b}.resnets.{j}"] = (f"encoder.down.{b}.block.{j}", _VAE_RESNET)
+        table[f"encoder.down_blocks.{b}.downsamplers.0.conv"] = (f"encoder.down.{b}.downsample.conv", None)
+        ldm_b = n_blocks - 1 - b
+        for j in range(layers + 1):  # the decoder has one more resnet per level
+            table[f"decoder.up_blocks.{b}.resnets.{j}"] = (f"decoder.up.{ldm_b}.block.{j}", _VAE_RESNET)
+        table[f"decoder.up_blocks.{b}.upsamplers.0.conv"] = (f"decoder.up.{ldm_b}.upsample.conv", None)
+    return table
+
+
+def _rename(key: str, table: dict[str, tuple[str, dict | None]], what: str) -> str:
+    """LDM name of one diffusers tensor name, through the longest module prefix found in ``table``."""
+    parts = key.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        module = ".".join(parts[:cut])
+        if module not in table:
+            continue
+        ldm_module, inner = table[module]
+        rest = ".".join(parts[cut:])
+        if inner is not None:
+            for old, new in inner.items():
+                if rest.startswith(old + "."):
+                    rest = new + rest[len(old):]
+                    break
+            else:
+                raise LoracamError(f"{what} tensor {key!r} has no LDM name; only SD1.x layouts can be saved")
+        return f"{ldm_module}.{rest}"
+    raise LoracamError(f"{what} tensor {key!r} has no LDM name; only SD1.x layouts can be saved")
+
+
+def _convert(state: dict[str, torch.Tensor], table, prefix: str, what: str) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        name = prefix + _rename(key, table, what)
+        if name in out:  # two tensors on one name would silently lose weights
+            raise LoracamError(f"{what} tensors collide on the LDM name {name!r}; only SD1.x layouts can be saved")
+        out[name] = tensor
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+
+def unet_to_ldm(unet) -> dict[str, torch.Tensor]:
+    """U-Net weights under ``model.diffusion_model.*``."""
+    state = unet.state_dict()
+    return _convert(state, _unet_modules(unet.config, set(state)), UNET_PREFIX, "U-Net")
+
+
+def vae_to_ldm(vae) -> dict[str, torch.Tensor]:
+    """VAE weights under ``first_stage_model.*``; mid-block attention projections as 1x1 convs."""
+    out = _convert(vae.state_dict(), _vae_modules(vae.config), VAE_PREFIX, "VAE")
+    for name, tensor in out.items():
+        # LDM's AttnBlock uses Conv2d(C, C, 1) for q/k/v/proj_out where diffusers uses Linear(C, C).
+        if ".mid.attn_1." in name and name.endswith(".weight") and tensor.ndim == 2:
+            out[name] = tensor[:, :, None, None]
+    return out
+
+
+def text_encoder_to_ldm(text_encoder) -> dict[str, torch.Tensor]:
+    """CLIP text encoder weights under ``cond_stage_model.transformer.text_model.*``."""
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in text_encoder.state_dict().items():
+        # transformers >= 5.6 flattened CLIPTextModel (no ``text_model.`` level); older ones have it.
+        inner = key if key.startswith("text_model.") else f"text_model.{key}"
+        out[TE_PREFIX + inner] = tensor
+    ids = TE_PREFIX + "text_model.embeddings.position_ids"
+    if ids not in out:
+        # SD1.x checkpoints carry this buffer (int64 [1, 77]) and some loaders expect it; recent
+        # transformers no longer saves it, so write the correct values.
+        n = text_encoder.config.max_position_embeddings
+        out[ids] = torch.arange(n, dtype=torch.int64).unsqueeze(0)
+    return out
+
+
+def diffusers_to_ldm(unet, vae, text_encoder) -> dict[str, torch.Tensor]:
+    """All weights of an SD1.x model under original-LDM names (tensors are shared, not copied)."""
+    return unet_to_ldm(unet) | vae_to_ldm(vae) | text_encoder_to_ldm(text_encoder)
+
+
+def expected_ldm_shapes(configs: dict[str, dict]) -> dict[str, tuple[int, ...]]:
+    """Name and shape of every tensor an SD1.x checkpoint of these component configs must hold.
+
+    The components are built on the meta device (no memory, ~0.1 s at full size), so this is exactly
+    what from_single_file will fill. position_ids is left out: it is optional in real files.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    te_cfg = {k: v for k, v in configs["text_encoder"].items() if k not in ("architectures", "torch_dtype", "dtype")}
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(configs["unet"])
+        vae = AutoencoderKL.from_config(configs["vae"])
+        text_encoder = CLIPTextModel(CLIPTextConfig(**te_cfg))
+    shapes = {k: tuple(v.shape) for k, v in diffusers_to_ldm(unet, vae, text_encoder).items()}
+    shapes.pop(TE_PREFIX + "text_model.embeddings.position_ids", None)
+    return shapes
+
+
+def canonical_name(key: str) -> str:
+    """A checkpoint tensor name as diffusers_to_ldm writes it.
+
+    Files made with old transformers versions lack the ``text_model.`` level in the text encoder's
+    names; diffusers and A1111 accept both spellings.
+    """
+    if key.startswith(TE_PREFIX) and not key.startswith(TE_PREFIX + "text_model."):
+        return TE_PREFIX + "text_model." + key[len(TE_PREFIX):]
+    return key
+
+
+def component_configs(model: BaseModel) -> dict[str, dict]:
+    """The diffusers/transformers configs of a model's components, JSON-ready."""
+    configs = {
+        "unet": json.loads(model.unet.to_json_string()),
+        "vae": json.loads(model.vae.to_json_string()),
+        "text_encoder": json.loads(model.text_encoder.config.to_json_string(use_diff=False)),
+        "scheduler": dict(model.scheduler_config),
+    }
+    # Where a component was loaded from (often a temporary folder) says nothing about the model and
+    # would make two saves of the same model differ.
+    drop = ("_name_or_path", "_use_default_values", "_commit_hash")
+    return {c: {k: v for k, v in cfg.items() if k not in drop} for c, cfg in configs.items()}
+
+
+def save_single_file(model: BaseModel, path: Path, dtype: torch.dtype | None = None,
+                     overwrite: bool = False) -> Path:
+    """Write ``model`` as an LDM single-file .safetensors checkpoint, whole or not at all."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise LoracamError(f"{path.name}: single-file checkpoints are written as .safetensors; change the name")
+    if path.exists() and not overwrite:
+        raise LoracamError(f"{path} already exists; choose another name or allow overwriting it")
+    if not path.parent.is_dir():
+        raise LoracamError(f"the folder {path.parent} does not exist; create it or choose another path")
+    tensors = {k: _for_file(v, dtype) for k, v in diffusers_to_ldm(model.unet, model.vae, model.text_encoder).items()}
+    # One metadata key only: safetensors writes the metadata in hash-map order, which changes from
+    # one save to the next, so a second key would make the bytes (and A1111's Model hash) differ
+    # between two saves of the same model.
+    metadata = {CONFIGS_KEY: json.dumps(component_configs(model), sort_keys=True)}
+    # safetensors writes to a path, not bytes in memory, so a 4 GB model is not held twice: write a
+    # hidden temporary file next to the target and publish it with a link (fails if the target
+    # appeared meanwhile) or, when overwriting, a rename.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise LoracamError(f"{path} already exists; choose another name or allow overwriting it") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _for_file(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    # Integer buffers (position_ids) keep their dtype; safetensors wants contiguous CPU tensors.
+    t = tensor.detach()
+    if dtype is not None and t.is_floating_point():
+        t = t.to(dtype)
+    return t.to("cpu").contiguous()
