@@ -1,0 +1,237 @@
+"""LoRA files: read any common layout into kohya-named modules, write kohya files, make random LoRAs.
+
+Whatever layout a file has (kohya, peft/diffusers, old diffusers), ``read_lora`` returns its modules under
+kohya names, which is what A1111, ComfyUI and loracam's own files use. ``write_kohya`` writes the format
+A1111 reads, with the ``sshs_model_hash`` it shows as "Lora hashes".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from loracam.errors import LoracamError
+from loracam.io import atomic_write_bytes
+from loracam.lora import layouts
+from loracam.lora.naming import component_of, kohya_targets
+
+LORA_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin", ".pth")
+
+
+@dataclass(frozen=True)
+class LoraModule:
+    """One LoRA module: delta_W = multiplier x (alpha / dim) x up @ down (conv: flattened, then reshaped)."""
+
+    name: str  # kohya module name: "lora_unet_down_blocks_0_attentions_0_proj_in"
+    down: torch.Tensor  # [dim, in] or [dim, in, kh, kw]
+    up: torch.Tensor  # [out, dim] or [out, dim, 1, 1]
+    alpha: float  # the file's alpha; = dim when the file has none
+
+    @property
+    def dim(self) -> int:
+        return int(self.down.shape[0])
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.dim
+
+    @property
+    def component(self) -> str:
+        """"unet" or "te"."""
+        return component_of(self.name)
+
+    def delta(self) -> torch.Tensor:
+        """(alpha/dim) x up @ down in fp32, shaped like the target weight ([out, in] or [out, in, kh, kw])."""
+        up = self.up.float().flatten(1)
+        down = self.down.float().flatten(1)
+        shape = (self.up.shape[0], *self.down.shape[1:])
+        return (self.scale * (up @ down)).reshape(shape)
+
+
+@dataclass(frozen=True)
+class LoraFile:
+    """A LoRA file as loracam uses it: its name in prompts, base family, and modules by kohya name."""
+
+    path: Path
+    name: str  # the name prompts use: the ss_output_name alias if present, else the file stem
+    stem: str
+    family: str  # "sd1" | "sd2" | "sdxl" | "unknown"
+    layout: str  # "kohya" | "peft" | "diffusers-legacy"
+    metadata: dict[str, str]
+    modules: dict[str, LoraModule]
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def read_lora(path: Path) -> LoraFile:
+    """Read a LoRA file of any supported layout; every problem is a LoracamError naming the file."""
+    path = Path(path)
+    tensors, metadata = _load_safetensors(path)
+    keys = list(tensors)
+    layouts.check_variant(keys, path.name)
+    layout = layouts.detect_layout(keys)
+    if layout is None:
+        raise _not_a_lora(path.name, keys)
+    records = layouts.PARSERS[layout](tensors, metadata, path.name)
+    family = layouts.detect_family(records, metadata)
+    modules = _modules(records, family, path.name)
+    alias = metadata.get("ss_output_name", "").strip()
+    return LoraFile(path=path, name=alias or path.stem, stem=path.stem, family=family, layout=layout,
+                    metadata=dict(metadata), modules=modules)
+
+
+def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not path.is_file():
+        raise LoracamError(f"LoRA file not found: {path}; check the name and the LoRA folder")
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise LoracamError(
+            f"{path.name} is a pickle file ({path.suffix}), which can run code when loaded; loracam reads "
+            ".safetensors LoRAs only. Use a .safetensors version of it"
+        )
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several types for damaged or foreign files
+        raise LoracamError(
+            f"{path.name} could not be read as a safetensors LoRA ({type(exc).__name__}: {exc}); the file is "
+            "damaged, incomplete or not a safetensors file: download or export it again"
+        ) from None
+    return tensors, metadata
+
+
+def _not_a_lora(filename: str, keys: list[str]) -> LoracamError:
+    if any(k.startswith("model.diffusion_model.") for k in keys):
+        return LoracamError(f"{filename} is a base model checkpoint, not a LoRA: pass it with --base")
+    if any("string_to_param" in k or k.startswith(("emb_params", "clip_l", "clip_g")) for k in keys):
+        return LoracamError(f"{filename} is a textual-inversion embedding, not a LoRA")
+    shown = ", ".join(keys[:3]) if keys else "no tensors at all"
+    return LoracamError(f"{filename} is not a LoRA (its tensors are named {shown}); check that it is the right file")
+
+
+def _modules(records: list[layouts.RawModule], family: str, filename: str) -> dict[str, LoraModule]:
+    modules: dict[str, LoraModule] = {}
+    for rec in records:
+        name = layouts.to_kohya_name(rec, family)
+        if rec.down is None or rec.up is None:
+            half = "up" if rec.up is None else "down"
+            raise LoracamError(f"{filename} is incomplete: module {name} has no {half} weight; export it again")
+        module = LoraModule(name, rec.down, rec.up, float(rec.alpha if rec.alpha is not None else rec.down.shape[0]))
+        _check_shapes(module, filename)
+        modules[name] = module
+    return modules
+
+
+def _check_shapes(m: LoraModule, filename: str) -> None:
+    """down [dim, in(, kh, kw)] and up [out, dim(, 1, 1)] of one rank: anything else is a damaged file."""
+    ok = (
+        m.down.ndim in (2, 4)
+        and m.up.ndim == m.down.ndim
+        and m.up.shape[1] == m.down.shape[0]
+        and (m.up.ndim == 2 or tuple(m.up.shape[2:]) == (1, 1))
+        and m.dim > 0
+    )
+    if not ok:
+        raise LoracamError(
+            f"{filename}: module {m.name} has inconsistent shapes (down {tuple(m.down.shape)}, up "
+            f"{tuple(m.up.shape)}); the file is damaged or of an unsupported variant"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def write_kohya(path: Path, modules: Mapping[str, LoraModule], metadata: Mapping[str, Any],
+                overwrite: bool = False) -> Path:
+    """Write a kohya LoRA with string metadata and ``sshs_model_hash``, atomically, never clobbering a file."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise LoracamError(f"{path} already exists; choose another name, or allow overwriting it")
+    tensors = _kohya_tensors(modules)
+    meta = {k: _meta_str(k, v) for k, v in metadata.items() if k not in ("sshs_model_hash", "sshs_legacy_hash")}
+    # The hash covers the tensor bytes only; sd-scripts computes it with just the ss_* metadata present,
+    # and the body after the header does not depend on the metadata, so this is the final file's body hash.
+    ss_only = {k: v for k, v in meta.items() if k.startswith("ss_")}
+    meta["sshs_model_hash"] = hashlib.sha256(_body(save(tensors, metadata=ss_only))).hexdigest()
+    data = save(tensors, metadata=meta)
+    try:
+        return atomic_write_bytes(path, data, overwrite=overwrite)
+    except FileExistsError:
+        raise LoracamError(f"{path} appeared while writing it; choose another name") from None
+    except OSError as exc:
+        raise LoracamError(f"cannot write {path}: {exc.strerror}; check that its folder exists and is writable") \
+            from None
+
+
+def _kohya_tensors(modules: Mapping[str, LoraModule]) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for key, m in modules.items():
+        if key != m.name or not m.name.startswith(("lora_unet_", "lora_te")):
+            raise ValueError(f"LoRA module {key!r} must be keyed by its kohya name (lora_unet_*/lora_te*_*)")
+        tensors[f"{m.name}.lora_down.weight"] = m.down.detach().to("cpu").contiguous()
+        tensors[f"{m.name}.lora_up.weight"] = m.up.detach().to("cpu").contiguous()
+        tensors[f"{m.name}.alpha"] = torch.tensor(float(m.alpha), dtype=torch.float32)
+    return tensors
+
+
+def _meta_str(key: str, value: Any) -> str:
+    """safetensors metadata must be strings; dicts and lists become JSON as sd-scripts writes them."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, int, float)):
+        return str(value)
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value)
+    raise TypeError(f"metadata {key!r} must be a string, number, bool, list or dict, not {type(value).__name__}")
+
+
+def _body(data: bytes) -> bytes:
+    (n,) = struct.unpack("<Q", data[:8])
+    return data[8 + n:]
+
+
+# ---------------------------------------------------------------------------------------------
+# random LoRAs for tests and benchmarks
+
+
+def random_lora(unet: nn.Module, text_encoder: nn.Module | None, dim: int = 4, alpha: float | None = None,
+                seed: int = 0, conv: bool = False, te: bool = True, std: float = 0.05) -> dict[str, LoraModule]:
+    """A LoRA with random weights on kohya's default SD1.x targets (``conv`` adds LoCon's 3x3 convs).
+
+    down is scaled like a Kaiming init (unit-variance outputs) and up ~ N(0, std), so each layer's output
+    moves by about std x sqrt(dim) x alpha/dim of its natural size: visible, not destructive. ``alpha``
+    defaults to ``dim`` (scale 1). Works on meta-device models: only the layers' shapes are read.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, LoraModule] = {}
+    for name, module in kohya_targets(unet, text_encoder if te else None, conv=conv):
+        down_shape, up_shape = _lora_shapes(module, dim)
+        fan_in = math.prod(down_shape[1:])
+        down = torch.randn(down_shape, generator=gen) / math.sqrt(fan_in)
+        up = torch.randn(up_shape, generator=gen) * std
+        out[name] = LoraModule(name, down, up, float(alpha if alpha is not None else dim))
+    return out
+
+
+def _lora_shapes(module: nn.Module, dim: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """kohya's LoRA shapes for a layer: linear [dim, in]/[out, dim]; conv [dim, in, kh, kw]/[out, dim, 1, 1]."""
+    w = module.weight.shape
+    if isinstance(module, nn.Conv2d):
+        return (dim, w[1], w[2], w[3]), (w[0], dim, 1, 1)
+    return (dim, w[1]), (w[0], dim)

@@ -1,0 +1,302 @@
+"""Tensor-name layouts of LoRA files (kohya, peft/diffusers, old diffusers) and the base family they fit.
+
+Each layout parser turns a file's tensors into ``RawModule`` records: a component ("unet", "te", "te1",
+"te2"), the module path with ``_`` separators and no prefix, and the down/up/alpha tensors. ``to_kohya``
+then names the records the kohya way, which is how the rest of loracam refers to LoRA modules.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+
+from loracam.errors import LoracamError
+
+# LyCORIS and other network types loracam does not apply: a key pattern -> what to call it.
+UNSUPPORTED_VARIANTS: dict[str, str] = {
+    r"\.hada_w\d": "LyCORIS LoHa (hada_w1_a keys)",
+    r"\.lokr_w\d": "LyCORIS LoKr (lokr_w1 keys)",
+    r"\.lora_mid\.": "LyCORIS LoCon with CP decomposition (lora_mid keys)",
+    r"\.dora_scale$": "DoRA (dora_scale keys)",
+    r"\.lora_magnitude_vector": "DoRA (lora_magnitude_vector keys)",
+    r"\.oft_(blocks|diag)": "OFT (oft_blocks keys)",
+    r"\.a1\.weight$": "LyCORIS GLoRA (a1/a2/b1/b2 keys)",
+    r"\.(w|b)_norm$": "LyCORIS norm-layer network (w_norm keys)",
+    r"^bundle_emb\.": "kohya LoRA with bundled textual-inversion embeddings (bundle_emb keys)",
+    r"\.diff_b$": "LoRA with bias differences (diff_b keys)",
+    r"\.diff$": "LyCORIS full-weight difference (diff keys)",
+    r"\.lora_B(\.[\w-]+)?\.bias$": "peft LoRA with bias (lora_B.bias keys)",
+}
+
+KOHYA_PREFIXES = {"lora_te1_": "te1", "lora_te2_": "te2", "lora_te_": "te", "lora_unet_": "unet"}
+PEFT_PREFIXES = {"unet": "unet", "text_encoder": "te", "text_encoder_2": "te2"}
+ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # diffusers' JSON copy of each component's LoraConfig
+
+
+@dataclass
+class RawModule:
+    """One LoRA module as found in a file, before kohya naming."""
+
+    component: str  # "unet" | "te" | "te1" | "te2"
+    path: str  # module path, "_"-separated, no prefix: "down_blocks_0_attentions_0_proj_in"
+    down: torch.Tensor | None = None
+    up: torch.Tensor | None = None
+    alpha: float | None = None
+
+
+Tensors = Mapping[str, torch.Tensor]
+
+
+def check_variant(keys: list[str], filename: str) -> None:
+    """Reject network types loracam cannot apply, naming the variant."""
+    for pattern, variant in UNSUPPORTED_VARIANTS.items():
+        if any(re.search(pattern, k) for k in keys):
+            raise LoracamError(
+                f"{filename} is a {variant} network; loracam applies plain LoRA and LoCon only. "
+                "Use a LoRA/LoCon version of it, or merge it into a checkpoint with another tool first"
+            )
+
+
+def detect_layout(keys: list[str]) -> str | None:
+    """"kohya", "peft" or "diffusers-legacy" from the tensor names; None when none fits."""
+    if any(k.startswith(tuple(KOHYA_PREFIXES)) for k in keys):
+        return "kohya"
+    if any(re.search(r"\.lora_[AB](\.[\w-]+)?\.weight$", k) for k in keys):
+        return "peft"
+    if any(_LEGACY.match(k) for k in keys):
+        return "diffusers-legacy"
+    return None
+
+
+def _unknown(filename: str, keys: list[str], layout: str) -> LoracamError:
+    shown = ", ".join(keys[:5]) + (f" (and {len(keys) - 5} more)" if len(keys) > 5 else "")
+    return LoracamError(
+        f"{filename} looks like a {layout} LoRA but has tensors loracam does not understand: {shown}. "
+        "It may be a newer or non-standard variant; re-save it as a kohya LoRA"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# kohya: <prefix><module>.lora_down.weight / .lora_up.weight / .alpha
+
+
+def parse_kohya(tensors: Tensors, filename: str) -> list[RawModule]:
+    """Records of a kohya file (``lora_unet_*``, ``lora_te_*``, SDXL ``lora_te1_*``/``lora_te2_*``)."""
+    found: dict[str, RawModule] = {}
+    bad = []
+    for key, t in tensors.items():
+        name, _, part = key.partition(".")
+        prefix = next((p for p in KOHYA_PREFIXES if name.startswith(p)), None)
+        if prefix is None or part not in ("lora_down.weight", "lora_up.weight", "alpha"):
+            bad.append(key)
+            continue
+        rec = found.setdefault(name, RawModule(KOHYA_PREFIXES[prefix], name[len(prefix):]))
+        _store(rec, part, t)
+    if bad:
+        raise _unknown(filename, bad, "kohya")
+    return list(found.values())
+
+
+def _store(rec: RawModule, part: str, t: torch.Tensor) -> None:
+    if part.startswith(("lora_down", "lora_A", "down")):
+        rec.down = t
+    elif part.startswith(("lora_up", "lora_B", "up")):
+        rec.up = t
+    else:
+        rec.alpha = float(t.float().reshape(-1)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# peft / diffusers: [unet.|text_encoder.|text_encoder_2.]<module>.lora_A.weight / .lora_B.weight
+
+_PEFT = re.compile(r"^(?P<mod>.+)\.(?P<part>lora_A|lora_B)(?:\.[\w-]+)?\.weight$")
+
+
+def _split_component(path: str, prefixes: Mapping[str, str]) -> tuple[str, str]:
+    """(component, module path) for a dotted key path that may start with a pipeline component."""
+    head, _, rest = path.partition(".")
+    if head in prefixes and rest:
+        return prefixes[head], rest.removeprefix("base_model.model.")
+    path = path.removeprefix("base_model.model.")  # peft's PeftModel.save_pretrained wrapper
+    # saved from one model, without a component prefix: tell by the module path
+    return ("te" if path.startswith(("text_model.", "encoder.layers.")) else "unet"), path
+
+
+def parse_peft(tensors: Tensors, metadata: Mapping[str, str], filename: str) -> list[RawModule]:
+    """Records of a peft/diffusers file; alphas from ``.alpha`` keys, diffusers' adapter metadata, or rank."""
+    found: dict[tuple[str, str], RawModule] = {}
+    alphas: dict[tuple[str, str], float] = {}
+    bad = []
+    for key, t in tensors.items():
+        m = _PEFT.match(key)
+        if m:
+            comp, path = _split_component(m["mod"], PEFT_PREFIXES)
+            rec = found.setdefault((comp, path), RawModule(comp, path.replace(".", "_")))
+            _store(rec, m["part"], t)
+        elif key.endswith(".alpha"):
+            alphas[_split_component(key[: -len(".alpha")], PEFT_PREFIXES)] = float(t.float().reshape(-1)[0])
+        else:
+            bad.append(key)
+    if bad:
+        raise _unknown(filename, bad, "peft/diffusers")
+    configs = _adapter_configs(metadata, filename)
+    for (comp, path), rec in found.items():
+        rec.alpha = alphas.get((comp, path))
+        if rec.alpha is None and rec.down is not None:
+            rec.alpha = _config_alpha(configs.get(comp), path, rec.down.shape[0], filename)
+    return list(found.values())
+
+
+def _adapter_configs(metadata: Mapping[str, str], filename: str) -> dict[str, dict]:
+    """diffusers' saved LoraConfig per component ("unet.lora_alpha": ... -> {"unet": {"lora_alpha": ...}})."""
+    raw = metadata.get(ADAPTER_METADATA_KEY)
+    if not raw:
+        return {}
+    try:
+        flat = json.loads(raw)
+    except ValueError:
+        raise LoracamError(f"{filename} has unreadable LoRA adapter metadata; re-save the LoRA") from None
+    out: dict[str, dict] = {}
+    for key, value in flat.items():
+        head, _, rest = key.partition(".")
+        if head in PEFT_PREFIXES and rest:
+            out.setdefault(PEFT_PREFIXES[head], {})[rest] = value
+    return out
+
+
+def _config_alpha(cfg: dict | None, path: str, rank: int, filename: str) -> float:
+    """The alpha peft would use for ``path``: alpha_pattern, else lora_alpha, else the rank (scale 1)."""
+    if not cfg:
+        return float(rank)
+    if cfg.get("use_dora"):
+        raise LoracamError(f"{filename} is a DoRA network (use_dora); loracam applies plain LoRA and LoCon only")
+    alpha = float(cfg.get("lora_alpha") or rank)
+    for pattern, value in (cfg.get("alpha_pattern") or {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", path):  # peft matches pattern keys as module-path suffixes
+            alpha = float(value)
+            break
+    if cfg.get("use_rslora"):
+        alpha *= math.sqrt(rank)  # rsLoRA scales by alpha/sqrt(r); kohya's scale is alpha/dim
+    return alpha
+
+
+# ---------------------------------------------------------------------------------------------
+# old diffusers attention processors: unet.<...>.processor.to_q_lora.down.weight,
+# text_encoder.<...>.q_proj.lora_linear_layer.down.weight, <...>.lora.down.weight
+
+_LEGACY = re.compile(
+    r"^(?P<stem>.+?\.(?:(?:to_q|to_k|to_v|to_out)_lora|lora_linear_layer|lora_layer|lora))\.(?P<part>down|up)\.weight$"
+)
+_LEGACY_PROC = re.compile(r"^(?P<mod>.+?)(?:\.processor)?\.(?P<proj>to_q|to_k|to_v|to_out)_lora$")
+_LEGACY_PROJ = {
+    "unet": {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"},
+    "te": {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"},
+}
+
+
+def _legacy_module(stem: str) -> tuple[str, str]:
+    """(component, dotted module path) of an old-diffusers key stem (everything before .down/.up/.alpha)."""
+    comp, path = _split_component(stem, PEFT_PREFIXES)
+    m = _LEGACY_PROC.match(path)
+    if m:
+        table = _LEGACY_PROJ["unet" if comp == "unet" else "te"]
+        return comp, f"{m['mod']}.{table[m['proj']]}"
+    for suffix in (".lora_linear_layer", ".lora_layer", ".lora"):
+        if path.endswith(suffix):
+            return comp, path[: -len(suffix)]
+    return comp, path
+
+
+def parse_legacy(tensors: Tensors, filename: str) -> list[RawModule]:
+    """Records of the old diffusers attention-processor layout (alpha from ``.alpha`` keys, else rank)."""
+    found: dict[tuple[str, str], RawModule] = {}
+    alphas: dict[tuple[str, str], float] = {}
+    bad = []
+    for key, t in tensors.items():
+        m = _LEGACY.match(key)
+        if m:
+            comp, path = _legacy_module(m["stem"])
+            rec = found.setdefault((comp, path), RawModule(comp, path.replace(".", "_")))
+            _store(rec, m["part"], t)
+        elif key.endswith(".alpha"):
+            alphas[_legacy_module(key[: -len(".alpha")])] = float(t.float().reshape(-1)[0])
+        else:
+            bad.append(key)
+    if bad:
+        raise _unknown(filename, bad, "diffusers (old attention-processor)")
+    for k, rec in found.items():
+        rec.alpha = alphas.get(k)
+    return list(found.values())
+
+
+PARSERS: dict[str, Callable[[Tensors, Mapping[str, str], str], list[RawModule]]] = {
+    "kohya": lambda t, meta, f: parse_kohya(t, f),
+    "peft": parse_peft,
+    "diffusers-legacy": lambda t, meta, f: parse_legacy(t, f),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# family
+
+
+_SDXL_UNET = re.compile(r"^(input_blocks|middle_block|output_blocks|label_emb|add_embedding)|transformer_blocks_[1-9]")
+_CROSS_KV = re.compile(r"attn2_to_[kv]$")
+_TE_ATTN = re.compile(r"self_attn_[qkv]_proj$")
+_META_FAMILY = (("sdxl", "sdxl"), ("stable-diffusion-xl", "sdxl"), ("sd_v2", "sd2"), ("stable-diffusion-v2", "sd2"),
+                ("sd_v1", "sd1"), ("stable-diffusion-v1", "sd1"))
+_WIDTH_FAMILY = {1024: "sd2", 2048: "sdxl", 1280: "sdxl"}
+
+
+def _family_from_metadata(metadata: Mapping[str, str]) -> str | None:
+    if metadata.get("ss_v2", "").lower() == "true":
+        return "sd2"
+    for key in ("ss_base_model_version", "modelspec.architecture"):
+        value = metadata.get(key, "").lower()
+        for marker, family in _META_FAMILY:
+            if value.startswith(marker):
+                return family
+    return None
+
+
+def _widths(records: list[RawModule]) -> list[int]:
+    """Context widths the LoRA was trained for: cross-attention k/v inputs and text-encoder widths."""
+    out = []
+    for r in records:
+        if r.down is None or r.down.ndim < 2:
+            continue
+        if (r.component == "unet" and _CROSS_KV.search(r.path)) or (r.component == "te" and _TE_ATTN.search(r.path)):
+            out.append(int(r.down.shape[1]))
+    return out
+
+
+def detect_family(records: list[RawModule], metadata: Mapping[str, str]) -> str:
+    """"sd1", "sd2", "sdxl" or "unknown": from SDXL-only names, kohya metadata, then layer widths."""
+    if any(r.component == "te2" for r in records):
+        return "sdxl"
+    meta = _family_from_metadata(metadata)
+    if meta:
+        return meta
+    widths = _widths(records)
+    for width in widths:
+        if width in _WIDTH_FAMILY:
+            return _WIDTH_FAMILY[width]
+    if any(r.component == "unet" and _SDXL_UNET.search(r.path) for r in records):
+        return "sdxl"
+    return "sd1" if widths else "unknown"  # SD1 names and widths; a conv-only LoRA cannot tell
+
+
+def to_kohya_name(rec: RawModule, family: str) -> str:
+    """The kohya module name of a record; text-encoder names always carry ``text_model_``."""
+    if rec.component == "unet":
+        return "lora_unet_" + rec.path
+    path = rec.path if rec.path.startswith("text_model_") else "text_model_" + rec.path
+    if rec.component == "te2":
+        return "lora_te2_" + path
+    # diffusers' convert_state_dict_to_kohya writes lora_te1_ even for SD1.x; A1111 wants lora_te_ there
+    return ("lora_te1_" if family == "sdxl" else "lora_te_") + path

@@ -1,0 +1,87 @@
+"""kohya module names: how a model's layers are named in LoRA files, and which layers kohya targets.
+
+A kohya name is a prefix (``lora_unet_``, ``lora_te_``; SDXL ``lora_te1_``/``lora_te2_``) followed by the
+diffusers/transformers module path with ``.`` replaced by ``_``. Text-encoder names always contain
+``text_model_`` (A1111 and kohya name CLIP's layers that way), even though transformers 5's CLIPTextModel
+no longer has a ``text_model`` wrapper module.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from torch import nn
+
+UNET_PREFIX = "lora_unet_"
+TE_PREFIX = "lora_te_"
+SDXL_TE_PREFIXES = ("lora_te1_", "lora_te2_")
+
+# kohya's default targets (sd-scripts networks/lora.py): every Linear and 1x1 Conv2d inside these blocks.
+UNET_ATTN_BLOCKS = ("Transformer2DModel",)
+TE_BLOCKS = ("CLIPAttention", "CLIPSdpaAttention", "CLIPFlashAttention2", "CLIPMLP")
+# LoCon (kohya's conv_dim) adds the 3x3 convs of these blocks.
+UNET_CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
+
+
+def kohya_name(component: str, path: str) -> str:
+    """The kohya name of the module at dotted ``path`` in the U-Net ("unet") or text encoder ("te")."""
+    if component == "unet":
+        return UNET_PREFIX + path.replace(".", "_")
+    if not path.startswith("text_model."):
+        path = "text_model." + path  # transformers 5 dropped the wrapper; the files' names keep it
+    return TE_PREFIX + path.replace(".", "_")
+
+
+def component_of(name: str) -> str:
+    """"unet" or "te" for a kohya module name."""
+    return "unet" if name.startswith(UNET_PREFIX) else "te"
+
+
+def _layers(root: nn.Module | None) -> Iterator[tuple[str, nn.Module]]:
+    if root is None:
+        return
+    for path, module in root.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            yield path, module
+
+
+def model_modules(unet: nn.Module | None, text_encoder: nn.Module | None) -> dict[str, tuple[str, nn.Module]]:
+    """Every Linear and Conv2d of the U-Net and text encoder, by kohya name, with its component."""
+    out: dict[str, tuple[str, nn.Module]] = {}
+    for component, root in (("unet", unet), ("te", text_encoder)):
+        for path, module in _layers(root):
+            out.setdefault(kohya_name(component, path), (component, module))
+    return out
+
+
+def _is_1x1(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or tuple(module.kernel_size) == (1, 1)
+
+
+def _children_of(root: nn.Module, blocks: tuple[str, ...], keep) -> Iterator[tuple[str, nn.Module]]:
+    for block_path, block in root.named_modules():
+        if type(block).__name__ not in blocks:
+            continue
+        for child_path, child in _layers(block):
+            if keep(child):
+                yield f"{block_path}.{child_path}", child
+
+
+def kohya_targets(unet: nn.Module, text_encoder: nn.Module | None,
+                  conv: bool = False) -> list[tuple[str, nn.Module]]:
+    """kohya's default SD1.x LoRA targets as (kohya name, module), in model order.
+
+    U-Net: every Linear/1x1 conv in each Transformer2DModel; text encoder: attention and MLP linears;
+    with ``conv``, also the 3x3 convs of ResNet blocks and down/up samplers (LoCon).
+    """
+    found: dict[str, nn.Module] = {}
+    for path, module in _children_of(unet, UNET_ATTN_BLOCKS, _is_1x1):
+        found.setdefault(kohya_name("unet", path), module)
+    if conv:
+        is_3x3 = lambda m: isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (3, 3)  # noqa: E731
+        for path, module in _children_of(unet, UNET_CONV_BLOCKS, is_3x3):
+            found.setdefault(kohya_name("unet", path), module)
+    if text_encoder is not None:
+        for path, module in _children_of(text_encoder, TE_BLOCKS, lambda m: isinstance(m, nn.Linear)):
+            found.setdefault(kohya_name("te", path), module)
+    return list(found.items())
