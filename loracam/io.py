@@ -37,12 +37,12 @@ def atomic_write_bytes(path: Path, data: bytes, *, overwrite: bool = False) -> P
 def writable_dir(path: Path, what: str = "output folder") -> Path:
     """Create ``path`` if needed and check it can be written, with a message that says what to do."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise LoracamError(f"the {what} {path} is a file, not a folder; choose another with -o")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LoracamError(f"cannot create the {what} {path}: {exc.strerror}; choose another with -o") from None
-    if not path.is_dir():
-        raise LoracamError(f"the {what} {path} is a file, not a folder; choose another with -o")
     if not os.access(path, os.W_OK | os.X_OK):
         raise LoracamError(f"the {what} {path} is not writable; choose another with -o")
     return path

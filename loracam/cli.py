@@ -1,0 +1,220 @@
+"""The command line: parses arguments and calls the engine; no logic of its own lives here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from loracam.errors import LoracamError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="loracam: a LoRA photo studio. Prepare photos, train LoRAs, compose, grid, finish.")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+def user_errors(fn):
+    """Turn LoracamError into a one-line message and a non-zero exit, never a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LoracamError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+    return wrapper
+
+
+def parse_size(text: str | None) -> tuple[int | None, int | None]:
+    if text is None:
+        return None, None
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise LoracamError(f"bad --size {text!r}; write WIDTHxHEIGHT, e.g. 512x768") from None
+    return w, h
+
+
+def _services():
+    from loracam.models import HashCache, ModelCache, default_cache_path
+
+    return ModelCache(HashCache(default_cache_path()))
+
+
+class _Bar:
+    """A tqdm progress bar over all sampling steps of a run."""
+
+    def __init__(self, total: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def __call__(self, i: int, n: int) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@app.command()
+@user_errors
+def gen(
+    prompt: Optional[str] = typer.Argument(None, help="The prompt, with <lora:NAME:W> tags."),
+    negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt."),
+    base: Optional[str] = typer.Option(None, "--base", help="Checkpoint file, diffusers folder, hub id, random:tiny, toy."),
+    lora_dir: Optional[List[Path]] = typer.Option(None, "--lora-dir", help="Folder with LoRA files (repeatable)."),
+    batch_count: Optional[int] = typer.Option(None, "-n", "--batch-count", help="Batches to render one after another."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images rendered together per batch."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="-1 for random; image i gets seed + i."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help='A1111 sampler name, e.g. "DPM++ 2M Karras".'),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="Schedule type: Automatic, Karras, Exponential..."),
+    steps: Optional[int] = typer.Option(None, "--steps"),
+    cfg: Optional[float] = typer.Option(None, "--cfg", help="CFG scale."),
+    size: Optional[str] = typer.Option(None, "--size", help="WIDTHxHEIGHT, multiples of 8."),
+    clip_skip: Optional[int] = typer.Option(None, "--clip-skip"),
+    init_image: Optional[Path] = typer.Option(None, "--init-image", help="img2img / inpainting source image."),
+    mask: Optional[Path] = typer.Option(None, "--mask", help="Inpainting mask: white is repainted."),
+    denoising: Optional[float] = typer.Option(None, "--denoising", help="img2img strength, 0-1."),
+    mask_blur: Optional[int] = typer.Option(None, "--mask-blur"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32, fp16, bf16."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .ckpt checkpoints (loaded weights-only)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A TOML file of gen options; flags override it."),
+    from_image: Optional[Path] = typer.Option(None, "--from", help="Re-render a PNG from its infotext."),
+    ckpt_dir: Optional[List[Path]] = typer.Option(None, "--ckpt-dir", help="Where --from looks for the image's model."),
+    output: Path = typer.Option(Path("outputs"), "-o", "--output", help="Output folder (files are never overwritten)."),
+):
+    """Render images: txt2img, img2img (--init-image) or inpainting (--mask), PNGs with A1111 infotext."""
+    from loracam.config import from_dict, load_toml
+    from loracam.generate import GenRequest, generate, read_png_infotext, request_from_infotext
+    from loracam.generate.api import check_lora_hashes
+    from loracam.io import writable_dir
+    from loracam.lora import LoraLibrary
+
+    width, height = parse_size(size)
+    flags = dict(
+        prompt=prompt, negative=negative, base=base, batch_count=batch_count, batch_size=batch_size,
+        seed=seed, sampler=sampler, schedule=schedule, steps=steps, cfg=cfg, width=width, height=height,
+        clip_skip=clip_skip, init_image=str(init_image) if init_image else None,
+        mask=str(mask) if mask else None, denoising=denoising, mask_blur=mask_blur, device=device,
+        precision=precision, allow_pickle=allow_pickle or None,
+        lora_dirs=tuple(map(str, lora_dir)) if lora_dir else None,
+    )
+    flags = {k: v for k, v in flags.items() if v is not None}
+    writable_dir(output)
+    models = _services()
+    warnings: list[str] = []
+    if from_image is not None:
+        info = read_png_infotext(from_image)
+        req = request_from_infotext(info, flags.pop("base", None), ckpt_dir or [], models, **flags)
+        library = LoraLibrary([Path(d) for d in req.lora_dirs], models.hash_cache)
+        warnings += check_lora_hashes(info, library)
+    else:
+        req = load_toml(GenRequest, config) if config else GenRequest()
+        req = from_dict(GenRequest, {**_asdict(req), **flags}, where="gen options")
+        if not req.prompt:
+            raise LoracamError("give a prompt (or --from IMAGE.png, or a --config with prompt = ...)")
+        library = LoraLibrary([Path(d) for d in req.lora_dirs], models.hash_cache)
+    for w in warnings:
+        typer.secho(f"warning: {w}", err=True, fg=typer.colors.YELLOW)
+    bar = _Bar(total=_total_steps(req))
+    try:
+        result = generate(req, models, library, progress=bar)
+    finally:
+        bar.close()
+    for w in result.warnings:
+        typer.secho(f"warning: {w}", err=True, fg=typer.colors.YELLOW)
+    for path in result.save(output):
+        typer.echo(str(path))
+
+
+def _asdict(obj) -> dict:
+    import dataclasses
+
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+
+def _total_steps(req) -> int:
+    per_image = req.steps if req.init_image is None else max(1, int(req.steps * req.denoising))
+    return per_image * req.batch_count  # the bar counts steps of each batch once
+
+
+@app.command()
+@user_errors
+def prompt(
+    text: str = typer.Argument(..., help="A prompt in A1111 syntax."),
+    steps: int = typer.Option(20, "--steps", help="Steps used to resolve [from:to:when] schedules."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+):
+    """Inspect a prompt like A1111's token counter: LoRAs, attention weights, schedule, tokens, chunks."""
+    from transformers import CLIPTokenizer
+
+    from loracam.models import SD15_DIR
+    from loracam.prompts import inspect_prompt
+
+    if steps < 1:
+        raise LoracamError("--steps must be at least 1")
+    report = inspect_prompt(text, CLIPTokenizer.from_pretrained(SD15_DIR / "tokenizer"), steps)
+    if as_json:
+        report.pop("ignored_tags")
+        typer.echo(json.dumps(report, ensure_ascii=False))
+        return
+    typer.echo(f"tokens: {report['tokens']}/{report['chunks'] * 75}  ({report['chunks']} chunk(s))")
+    for lora in report["loras"]:
+        typer.echo(f"lora: {lora['name']}  te={lora['te']:g} unet={lora['unet']:g}")
+    for seg, weight in report["attention"]:
+        typer.echo(f"  {weight:6.3f}  {seg!r}")
+    if len(report["schedule"]) > 1:
+        for end, t in report["schedule"]:
+            typer.echo(f"until step {end}: {t}")
+    for tag in report["ignored_tags"]:
+        typer.secho(f"warning: {tag} is not a LoRA tag and is ignored", err=True, fg=typer.colors.YELLOW)
+
+
+@app.command()
+@user_errors
+def info(
+    file: Path = typer.Argument(..., help="A PNG, a LoRA or a checkpoint (.safetensors)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+):
+    """Show a PNG's generation parameters, or a LoRA's metadata, dim, alpha, family, modules and hash."""
+    from loracam.info import describe
+    from loracam.models import HashCache, default_cache_path
+
+    report = describe(file, HashCache(default_cache_path()))
+    if as_json:
+        typer.echo(json.dumps(report, ensure_ascii=False, indent=1))
+        return
+    for key, value in report.items():
+        if isinstance(value, dict):
+            typer.echo(f"{key}:")
+            for k, v in value.items():
+                typer.echo(f"  {k}: {v if len(str(v)) < 300 else str(v)[:300] + '...'}")
+        else:
+            typer.echo(f"{key}: {value}")
+
+
+@app.command()
+@user_errors
+def demo(output: Path = typer.Option(Path("demo-output"), "-o", "--output")):
+    """Run the main job on the built-in model and write the results to demo-output/."""
+    from loracam.studio.demo import run_demo
+
+    run_demo(output, _services(), echo=typer.echo)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

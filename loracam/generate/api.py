@@ -1,0 +1,185 @@
+"""``generate``: a GenRequest in, images with A1111 infotext out; and re-rendering from an infotext."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from loracam import __version__
+from loracam.errors import LoracamError
+from loracam.generate.engine import InitImages, Progress, render
+from loracam.generate.images import load_image, save_png
+from loracam.generate.infotext import Infotext, format_infotext, parse_lora_hashes, parse_size
+from loracam.generate.request import GenRequest, Sample, Shared, resolve_seed, samples_of
+from loracam.generate.samplers import parse_sampler, resolved_schedule
+from loracam.lora import LoraLibrary, LoraStack
+from loracam.models import BaseModel, ModelCache, pick_device, pick_dtype
+
+
+@dataclass
+class Rendered:
+    image: Image.Image
+    seed: int
+    infotext: str
+
+
+@dataclass
+class GenResult:
+    images: list[Rendered]
+    model: BaseModel
+    warnings: list[str] = field(default_factory=list)
+
+    def save(self, outdir: Path) -> list[Path]:
+        return [save_png(r.image, r.infotext, outdir, r.seed) for r in self.images]
+
+
+def load_model(req: GenRequest, models: ModelCache) -> BaseModel:
+    device = pick_device(req.device)
+    return models.get(req.base, device, pick_dtype(req.precision, device), allow_pickle=req.allow_pickle)
+
+
+def native_size(model: BaseModel) -> tuple[int, int]:
+    side = model.unet.config.sample_size * model.vae_scale_factor
+    return side, side
+
+
+def generate(req: GenRequest, models: ModelCache, library: LoraLibrary | None = None,
+             progress: Progress | None = None) -> GenResult:
+    """Render a request: batch_count batches of batch_size images, seeds seed, seed+1, ..."""
+    model = load_model(req, models)
+    w, h = native_size(model)
+    req = replace(req, width=req.width or w, height=req.height or h)
+    library = library or LoraLibrary([Path(d) for d in req.lora_dirs], models.hash_cache)
+    sampler, schedule = parse_sampler(req.sampler, req.schedule)
+    shared = Shared(req.width, req.height, req.steps, sampler, schedule, req.clip_skip,
+                    req.denoising if req.init_image else None, req.mask_blur)
+    init = _init_images(req)
+    _check_inpainting(model, init)
+    samples = samples_of(req, resolve_seed(req.seed))
+    result = GenResult([], model)
+    for start in range(0, len(samples), req.batch_size):
+        batch = samples[start : start + req.batch_size]
+        result.images += render_samples(model, shared, batch, library, init, progress, result.warnings)
+    return result
+
+
+def render_samples(model: BaseModel, shared: Shared, samples: Sequence[Sample], library: LoraLibrary,
+                   init: InitImages | None = None, progress: Progress | None = None,
+                   warnings: list[str] | None = None) -> list[Rendered]:
+    """Render samples sharing ``shared`` as one batch, each with its own infotext."""
+    names = list(dict.fromkeys(ref.name for s in samples for ref in s.loras))
+    files = [library.load(n) for n in names]
+    stack = LoraStack(model.unet, model.text_encoder, files, base_family=model.family) if files else None
+    weights = torch.zeros(len(samples), len(names), 2)
+    for i, s in enumerate(samples):
+        for ref in s.loras:
+            j = names.index(ref.name)
+            weights[i, j, 0] += ref.te  # a LoRA named twice adds up, as A1111 applies both
+            weights[i, j, 1] += ref.unet
+    images = render(model, shared, samples, stack, weights if files else None, init, progress)
+    hashes = {n: library.short_hash(n) for n in names}
+    out = []
+    for s, im in zip(samples, images):
+        params = infotext_params(model, shared, s, {r.name: hashes[r.name] for r in s.loras})
+        out.append(Rendered(im, s.seed, format_infotext(s.prompt, s.negative, params)))
+    return out
+
+
+def infotext_params(model: BaseModel, shared: Shared, s: Sample, lora_hashes: dict[str, str]) -> dict:
+    """A1111's parameter line, in A1111's key order."""
+    return {
+        "Steps": shared.steps,
+        "Sampler": shared.sampler,
+        "Schedule type": resolved_schedule(shared.sampler, shared.schedule),
+        "CFG scale": f"{s.cfg:g}",
+        "Seed": s.seed,
+        "Size": f"{shared.width}x{shared.height}",
+        "Model hash": model.short_hash,
+        "Model": model.name,
+        "Denoising strength": f"{shared.denoising:g}" if shared.denoising is not None else None,
+        "Mask blur": shared.mask_blur if shared.denoising is not None and shared.mask_blur != 4 else None,
+        "Clip skip": shared.clip_skip if shared.clip_skip > 1 else None,
+        "Lora hashes": ", ".join(f"{n}: {h}" for n, h in lora_hashes.items()) or None,
+        "Version": f"loracam {__version__}",
+    }
+
+
+def _init_images(req: GenRequest) -> InitImages | None:
+    if req.init_image is None:
+        return None
+    size = (req.width, req.height)
+    image = load_image(req.init_image, "init image", size)
+    mask = load_image(req.mask, "mask", size, mode="L") if req.mask else None
+    return InitImages(image, mask)
+
+
+def _check_inpainting(model: BaseModel, init: InitImages | None) -> None:
+    if model.is_inpainting and (init is None or init.mask is None):
+        raise LoracamError(f"{model.name} is an inpainting model: give --init-image and --mask")
+
+
+# ---------------------------------------------------------------------------------------------
+# re-rendering from an infotext
+
+BUILTIN_BASES = ("toy", "random:tiny", "random:sd15")
+
+
+def request_from_infotext(info: Infotext, base: str | None, ckpt_dirs: Sequence[Path],
+                          models: ModelCache, **overrides) -> GenRequest:
+    """The GenRequest that reproduces an image, from its infotext (plus the user's overrides)."""
+    p = info.params
+    try:
+        sampler, schedule = parse_sampler(p.get("Sampler", "Euler a"), p.get("Schedule type", "Automatic"))
+        width, height = parse_size(p["Size"]) if "Size" in p else (None, None)
+        fields = dict(
+            prompt=info.prompt, negative=info.negative, sampler=sampler, schedule=schedule,
+            steps=int(p.get("Steps", 20)), cfg=float(p.get("CFG scale", 7)), seed=int(p.get("Seed", -1)),
+            width=width, height=height, clip_skip=int(p.get("Clip skip", 1)),
+        )
+        if "Denoising strength" in p and "Hires upscale" not in p:
+            fields["denoising"] = float(p["Denoising strength"])
+            if overrides.get("init_image") is None:
+                raise LoracamError(
+                    "this image was made with img2img/inpainting (it has a Denoising strength): "
+                    "give the same --init-image (and --mask) to re-render it"
+                )
+    except (KeyError, ValueError) as exc:
+        raise LoracamError(f"the image's infotext has a malformed value ({exc})") from None
+    fields["base"] = base or find_base(p.get("Model"), p.get("Model hash"), ckpt_dirs, models)
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return GenRequest(**fields)
+
+
+def find_base(name: str | None, short_hash: str | None, ckpt_dirs: Sequence[Path], models: ModelCache) -> str:
+    """The checkpoint an infotext names: a built-in base, or a file in ``ckpt_dirs`` by hash, then by name."""
+    if name in BUILTIN_BASES:
+        return name
+    candidates = [f for d in ckpt_dirs if Path(d).is_dir() for f in sorted(Path(d).iterdir())
+                  if f.suffix.lower() in (".safetensors", ".ckpt")]
+    if short_hash:
+        for f in candidates:
+            if models.hash_cache.sha256(f)[:10] == short_hash.lower():
+                return str(f)
+    for f in candidates:
+        if f.stem == name:
+            return str(f)
+    where = ", ".join(map(str, ckpt_dirs)) or "no --ckpt-dir given"
+    raise LoracamError(
+        f"the image was made with model {name!r} (hash {short_hash or 'unknown'}), which is not found "
+        f"({where}); pass --base PATH, or --ckpt-dir with the folder that holds it"
+    )
+
+
+def check_lora_hashes(info: Infotext, library: LoraLibrary) -> list[str]:
+    """Warnings for LoRAs whose file differs from the one the image was made with."""
+    out = []
+    for name, h in parse_lora_hashes(info.get("Lora hashes")).items():
+        mine = library.short_hash(name)
+        if not mine.startswith(h.lower()) and not h.lower().startswith(mine):
+            out.append(f"LoRA {name!r} in your LoRA folders (hash {mine}) is not the file the image was "
+                       f"made with (hash {h}); the result will differ")
+    return out

@@ -1,0 +1,108 @@
+"""What to render: the user's request (a frozen config, loadable from TOML) and its per-image samples."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field, replace
+
+from loracam.errors import LoracamError
+from loracam.generate.samplers import parse_sampler
+from loracam.prompts import LoraRef, extract_networks
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """Everything `loracam gen` takes; each field is also a key of a `--config` TOML file."""
+
+    prompt: str = ""
+    negative: str = ""
+    base: str | None = None  # None: the built-in toy model
+    sampler: str = "DPM++ 2M"
+    schedule: str = "Automatic"
+    steps: int = 20
+    cfg: float = 7.0
+    width: int | None = None  # None: the base model's native size
+    height: int | None = None
+    seed: int = -1  # -1: random; image i of the run gets seed + i, as in A1111
+    batch_size: int = 1
+    batch_count: int = 1
+    clip_skip: int = 1
+    denoising: float = 0.75  # img2img / inpaint strength
+    init_image: str | None = None
+    mask: str | None = None
+    mask_blur: int = 4
+    lora_dirs: tuple[str, ...] = ()
+    device: str = "auto"
+    precision: str = "auto"
+    allow_pickle: bool = False
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise LoracamError(f"steps must be at least 1 (got {self.steps})")
+        if not math.isfinite(self.cfg):
+            raise LoracamError(f"CFG scale must be a number (got {self.cfg})")
+        for name, v in (("width", self.width), ("height", self.height)):
+            if v is not None and (v < 8 or v % 8):
+                raise LoracamError(f"{name} {v} is not a positive multiple of 8; try {max(8, round(v / 8) * 8)}")
+        if self.batch_size < 1 or self.batch_count < 1:
+            raise LoracamError("batch size and batch count must be at least 1")
+        if self.clip_skip < 1:
+            raise LoracamError(f"clip skip counts from 1 (got {self.clip_skip})")
+        if not 0.0 <= self.denoising <= 1.0:
+            raise LoracamError(f"denoising strength must be between 0 and 1 (got {self.denoising})")
+        if self.mask is not None and self.init_image is None:
+            raise LoracamError("a mask needs an init image to inpaint (--init-image)")
+        if self.mask_blur < 0:
+            raise LoracamError("mask blur must be 0 or more pixels")
+        if self.seed < -1 or self.seed >= 2**32:
+            raise LoracamError(f"seed must be -1 (random) or between 0 and {2**32 - 1} (got {self.seed})")
+        parse_sampler(self.sampler, self.schedule)  # fails early with the list of valid names
+
+
+@dataclass(frozen=True)
+class Shared:
+    """Settings every image of one batch must share (they fix the tensor shapes and the timesteps)."""
+
+    width: int
+    height: int
+    steps: int
+    sampler: str
+    schedule: str
+    clip_skip: int = 1
+    denoising: float | None = None  # set for img2img / inpaint
+    mask_blur: int = 4
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image: its prompt as typed (LoRA tags included), seed, CFG scale and LoRAs."""
+
+    prompt: str
+    negative: str
+    seed: int
+    cfg: float
+    loras: tuple[LoraRef, ...] = field(default=())
+
+    @property
+    def text(self) -> str:
+        return extract_networks(self.prompt)[0]
+
+
+def resolve_seed(seed: int, rng: random.Random | None = None) -> int:
+    """A1111's seed rule: -1 draws a random 32-bit seed once."""
+    if seed != -1:
+        return seed
+    return (rng or random.SystemRandom()).randrange(2**32 - 1)
+
+
+def samples_of(req: GenRequest, seed: int) -> list[Sample]:
+    """The batch_count x batch_size samples of a request, seeds seed, seed+1, ..."""
+    _, loras, _ = extract_networks(req.prompt)
+    _, neg_loras, _ = extract_networks(req.negative)
+    n = req.batch_size * req.batch_count
+    return [Sample(req.prompt, req.negative, (seed + i) % 2**32, req.cfg, tuple(loras + neg_loras)) for i in range(n)]
+
+
+def with_native_size(req: GenRequest, width: int, height: int) -> GenRequest:
+    return replace(req, width=req.width or width, height=req.height or height)

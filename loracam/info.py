@@ -1,0 +1,51 @@
+"""``loracam info FILE``: what a PNG, LoRA or checkpoint file is, as one dict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loracam.errors import LoracamError
+from loracam.generate.infotext import read_png_infotext
+from loracam.models.hashing import HashCache
+
+
+def describe(path: Path, hash_cache: HashCache) -> dict:
+    """Infotext of a PNG; metadata, dim, alpha, family, modules and hashes of a LoRA; family of a model."""
+    if not path.exists():
+        raise LoracamError(f"{path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in (".png", ".jpg", ".jpeg", ".webp"):
+        info = read_png_infotext(path)
+        return {"kind": "image", "prompt": info.prompt, "negative_prompt": info.negative, "parameters": info.params}
+    if suffix == ".safetensors":
+        return _describe_safetensors(path, hash_cache)
+    raise LoracamError(f"{path.name}: loracam info reads .png images and .safetensors LoRAs/checkpoints")
+
+
+def _describe_safetensors(path: Path, hash_cache: HashCache) -> dict:
+    from loracam.lora import read_lora
+    from loracam.models.loader import checkpoint_keys, detect_checkpoint_family
+
+    keys = checkpoint_keys(path, allow_pickle=False)
+    if any(k.startswith("model.diffusion_model.") for k in keys):
+        family = detect_checkpoint_family(keys, path.name)
+        sha = hash_cache.sha256(path)
+        return {"kind": "checkpoint", "family": family, "tensors": len(keys), "sha256": sha, "hash": sha[:10]}
+    lora = read_lora(path)
+    dims = sorted({m.dim for m in lora.modules.values()})
+    alphas = sorted({m.alpha for m in lora.modules.values()})
+    convs = sum(1 for m in lora.modules.values() if m.down.ndim == 4 and m.down.shape[-1] > 1)
+    return {
+        "kind": "lora",
+        "name": lora.name,
+        "layout": lora.layout,
+        "family": lora.family,
+        "dim": dims[0] if len(dims) == 1 else dims,
+        "alpha": alphas[0] if len(alphas) == 1 else alphas,
+        "modules": len(lora.modules),
+        "unet_modules": sum(1 for m in lora.modules.values() if m.component == "unet"),
+        "te_modules": sum(1 for m in lora.modules.values() if m.component == "te"),
+        "conv3x3_modules": convs,
+        "hash": hash_cache.addnet_hash(path)[:12],
+        "metadata": lora.metadata,
+    }

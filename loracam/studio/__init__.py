@@ -1,0 +1,1 @@
+"""The studio: style presets, the end-to-end portrait job, the job store, and the demo."""
