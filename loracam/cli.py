@@ -51,18 +51,23 @@ def _services():
 
 
 class _Bar:
-    """A tqdm progress bar over all sampling steps of a run."""
+    """A tqdm progress bar over all sampling steps of a run, shown from the first step on (so errors
+    found while loading are not printed under an empty bar)."""
 
     def __init__(self, total: int):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr)
+        self.total = total
+        self.bar = None
 
     def __call__(self, i: int, n: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, unit="step", dynamic_ncols=True, file=sys.stderr)
         self.bar.update(1)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 @app.command()

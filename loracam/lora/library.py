@@ -72,7 +72,12 @@ class LoraLibrary:
         return self._aliases[key]
 
     def _not_found(self, name: str, files: list[Path]) -> LoracamError:
-        where = ", ".join(str(d) for d in self.dirs) or "no LoRA folder"
+        if not self.dirs:
+            return LoracamError(
+                f"LoRA {name!r} is in the prompt but no LoRA folder was given: pass --lora-dir with the folder "
+                f"that holds {name}.safetensors"
+            )
+        where = ", ".join(str(d) for d in self.dirs)
         missing = [str(d) for d in self.dirs if not d.is_dir()]
         if not files:
             hint = f" ({', '.join(missing)} does not exist)" if missing else ""
