@@ -102,7 +102,7 @@ def gen(
     from loracam.config import from_dict, load_toml
     from loracam.generate import GenRequest, generate, read_png_infotext, request_from_infotext
     from loracam.generate.api import check_lora_hashes
-    from loracam.io import writable_dir
+    from loracam.io import check_writable_dir
     from loracam.lora import LoraLibrary
 
     width, height = parse_size(size)
@@ -115,7 +115,7 @@ def gen(
         lora_dirs=tuple(map(str, lora_dir)) if lora_dir else None,
     )
     flags = {k: v for k, v in flags.items() if v is not None}
-    writable_dir(output)
+    check_writable_dir(output)  # fail before minutes of rendering; created when the first image is saved
     models = _services()
     warnings: list[str] = []
     if from_image is not None:

@@ -5,33 +5,38 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from loracam.errors import LoracamError
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, overwrite: bool = False) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then publish it.
+def atomic_write(path: Path, write: Callable[[str], None], *, overwrite: bool = False) -> Path:
+    """Have ``write(tmp_path)`` produce the file under a temporary name in the same folder, then publish it.
 
-    With ``overwrite=False`` the publish is a hard link, which fails if ``path`` appeared meanwhile,
-    so a concurrent writer can never be clobbered; a crash leaves at most a hidden temporary file.
+    With ``overwrite=False`` the publish is a hard link, which fails with FileExistsError if ``path``
+    appeared meanwhile, so a concurrent writer is never clobbered; a crash leaves at most a hidden
+    temporary file. ``write`` gets a path rather than bytes so large files are never held in memory twice.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         if overwrite:
             os.replace(tmp, path)
         else:
             os.link(tmp, path)
-            os.unlink(tmp)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
     return path
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, overwrite: bool = False) -> Path:
+    """``atomic_write`` for data already in memory."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), overwrite=overwrite)
 
 
 def writable_dir(path: Path, what: str = "output folder") -> Path:
@@ -45,4 +50,21 @@ def writable_dir(path: Path, what: str = "output folder") -> Path:
         raise LoracamError(f"cannot create the {what} {path}: {exc.strerror}; choose another with -o") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise LoracamError(f"the {what} {path} is not writable; choose another with -o")
+    return path
+
+
+def check_writable_dir(path: Path, what: str = "output folder") -> Path:
+    """Fail early if ``path`` could not be used as an output folder, without creating anything yet."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise LoracamError(f"the {what} {path} is a file, not a folder; choose another with -o")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise LoracamError(f"the {what} {path} is not writable; choose another with -o")
+        return path
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise LoracamError(f"cannot create the {what} {path}: {parent} is not a writable folder; choose another with -o")
     return path

@@ -12,13 +12,12 @@ so models of non-standard sizes (random:tiny, the toy model) can be loaded back 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from loracam.errors import LoracamError
+from loracam.io import atomic_write
 from loracam.models.base import BaseModel
 
 UNET_PREFIX = "model.diffusion_model."
@@ -239,25 +238,10 @@ def save_single_file(model: BaseModel, path: Path, dtype: torch.dtype | None = N
     # one save to the next, so a second key would make the bytes (and A1111's Model hash) differ
     # between two saves of the same model.
     metadata = {CONFIGS_KEY: json.dumps(component_configs(model), sort_keys=True)}
-    # safetensors writes to a path, not bytes in memory, so a 4 GB model is not held twice: write a
-    # hidden temporary file next to the target and publish it with a link (fails if the target
-    # appeared meanwhile) or, when overwriting, a rename.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise LoracamError(f"{path} already exists; choose another name or allow overwriting it") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), overwrite=overwrite)
+    except FileExistsError:
+        raise LoracamError(f"{path} already exists; choose another name or allow overwriting it") from None
     return path
 
 
