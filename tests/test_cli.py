@@ -132,3 +132,23 @@ def test_config_file_and_unknown_keys(tmp_path):
     cfg.write_text('prompt = "a cat"\nstepz = 2\n')
     r = runner.invoke(app, ["gen", "--config", str(cfg)])
     assert r.exit_code == 2 and "unknown key(s) stepz" in r.output
+
+
+def test_from_finds_the_checkpoint_by_hash_in_ckpt_dir(tmp_path, tiny):
+    from loracam.models.ldm import save_single_file
+
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    save_single_file(tiny, ckpts / "mymodel.safetensors")
+    out = tmp_path / "out"
+    assert run("gen", "cat", "--base", ckpts / "mymodel.safetensors", "--steps", "3", "--seed", "4", "-o", out).exit_code == 0
+    [first] = sorted(out.glob("*.png"))
+    info = Image.open(first).info["parameters"]
+    assert "Model: mymodel" in info and "Model hash: " in info
+    (ckpts / "mymodel.safetensors").rename(ckpts / "renamed.safetensors")  # found by hash, not by name
+    r = run("gen", "--from", first, "--ckpt-dir", ckpts, "-o", out)
+    assert r.exit_code == 0, r.output
+    second = sorted(out.glob("*.png"))[1]
+    assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(second)))
+    r = runner.invoke(app, ["gen", "--from", str(first), "-o", str(out)])
+    assert r.exit_code == 2 and "pass --base PATH" in r.output
