@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 	@echo "installing loracam into $(VENV) (torch 2.13.0 first, then the rest under constraints.txt)"
 	@# torch first and alone, so the later install sees it satisfied and never pulls a CUDA build.
 	@$(PIP) install "torch==2.13.0" 2>&1 | { grep -v "^WARNING: Location" || true; }
-	@$(PIP) install -c constraints.txt -e ".[dev]" 2>&1 | { grep -v "^WARNING: Location" || true; }
+	@$(PIP) install -c constraints.txt -e ".[dev,pose,tag]" 2>&1 | { grep -v "^WARNING: Location" || true; }
+	@# mediapipe 0.10.21 carries the pose model; its metadata pins numpy<2 and opencv-contrib, so no deps.
+	@$(PIP) install -c constraints.txt --no-deps mediapipe==0.10.21 2>&1 | { grep -v "^WARNING: Location" || true; }
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

@@ -210,6 +210,93 @@ def info(
 
 @app.command()
 @user_errors
+def prep(
+    photos: Optional[Path] = typer.Argument(None, help="Folder of photos (only read, never changed)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Dataset folder to create."),
+    subject: Optional[str] = typer.Option(None, "--subject", help="face, person, garment, shoes, pet or object."),
+    trigger: Optional[str] = typer.Option(None, "--trigger", help="The trigger word, e.g. sks or testdress."),
+    class_word: Optional[str] = typer.Option(None, "--class", help="The class word, e.g. woman, dress, shoes."),
+    class_phrase: Optional[str] = typer.Option(None, "--class-phrase", help='Caption phrase, e.g. "a beautiful woman".'),
+    reg: Optional[bool] = typer.Option(None, "--reg/--no-reg", help="Also write full-body regularization crops."),
+    repeats: Optional[int] = typer.Option(None, "--repeats"),
+    reg_repeats: Optional[int] = typer.Option(None, "--reg-repeats"),
+    resolution: Optional[str] = typer.Option(None, "--resolution", help="WIDTHxHEIGHT, multiples of 64 (512x768)."),
+    boxes: Optional[Path] = typer.Option(None, "--boxes", help='JSON {"photo.jpg": {"garment": [x0,y0,x1,y1]}}.'),
+    long_garment: Optional[bool] = typer.Option(None, "--long-garment", help="Garment crops reach the ankles."),
+    tagger: Optional[str] = typer.Option(None, "--tagger", help="wd14 or blip."),
+    tagger_model: Optional[str] = typer.Option(None, "--tagger-model", help="Tagger model path (or cached hub id)."),
+    keep: Optional[List[str]] = typer.Option(None, "--keep", help="Keep this photo even if flagged (repeatable)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing dataset (the old one is kept, renamed)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A TOML file of prep options; flags override it."),
+    import_dir: Optional[Path] = typer.Option(None, "--import", help="Describe an existing kohya dataset instead."),
+):
+    """Prepare a kohya-ready training set from a folder of photos, explaining every decision."""
+    from loracam.config import from_dict, load_toml
+    from loracam.data.config import PrepConfig
+
+    if import_dir is not None:
+        from loracam.data.importer import write_import
+
+        target, manifest = write_import(import_dir, output, force=force)
+        typer.echo(f"{sum(len(s['images']) for s in manifest['subsets'])} images in "
+                   f"{len(manifest['subsets'])} subsets; {manifest['steps']['summary']}")
+        for line in manifest["skipped"]:
+            typer.secho(f"skipped: {line}", err=True, fg=typer.colors.YELLOW)
+        typer.echo(f"manifest: {target}")
+        return
+    if photos is None or output is None:
+        raise LoracamError("give the photo folder and -o DATASET_DIR (or --import KOHYA_DIR)")
+    flags = dict(subject=subject, trigger=trigger, class_word=class_word, class_phrase=class_phrase, reg=reg,
+                 repeats=repeats, reg_repeats=reg_repeats, boxes=str(boxes) if boxes else None,
+                 long_garment=long_garment, tagger=tagger, tagger_model=tagger_model,
+                 keep=tuple(keep) if keep else None, force=force or None,
+                 resolution=list(parse_size(resolution)) if resolution else None)
+    base = _asdict(load_toml(PrepConfig, config)) if config else {}
+    cfg = from_dict(PrepConfig, {**base, **{k: v for k, v in flags.items() if v is not None}}, where="prep options")
+    from loracam.data.prep import prepare
+
+    typer.echo(f"preparing {photos} -> {output} ({cfg.subject}, trigger {cfg.trigger!r}, class {cfg.class_word!r})")
+    result = prepare(photos, output, cfg, echo=typer.echo)
+    for line in result.summary:
+        typer.echo(line)
+    typer.echo(f"dataset: {result.out_dir}  (contact_sheet.png, report.md, manifest.json, dataset.toml)")
+
+
+@app.command()
+@user_errors
+def tags(
+    dataset: Path = typer.Argument(..., help="A dataset folder (its .txt captions are edited)."),
+    add: Optional[List[str]] = typer.Option(None, "--add", help="Tag to add (repeatable)."),
+    remove: Optional[List[str]] = typer.Option(None, "--remove", help="Tag to remove (repeatable)."),
+    replace: Optional[List[str]] = typer.Option(None, "--replace", help="OLD=NEW (repeatable)."),
+    trigger_first: Optional[str] = typer.Option(None, "--trigger-first", help="Move (or insert) this tag first."),
+    dedupe: bool = typer.Option(True, "--dedupe/--no-dedupe"),
+    report: bool = typer.Option(False, "--report", help="Only print the tag frequency per folder."),
+):
+    """Edit the captions of a dataset (add, remove, replace, deduplicate, trigger first) or report tags."""
+    from loracam.data.tags import edit_dataset, tag_frequency
+
+    if not dataset.is_dir():
+        raise LoracamError(f"dataset folder not found: {dataset}")
+    if report:
+        for folder, counts in tag_frequency(dataset).items():
+            typer.echo(f"{folder}:")
+            for tag, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+                typer.echo(f"  {n:5d}  {tag}")
+        return
+    pairs = {}
+    for item in replace or []:
+        if "=" not in item:
+            raise LoracamError(f"--replace {item!r}: write OLD=NEW")
+        old, new = item.split("=", 1)
+        pairs[old.strip()] = new.strip()
+    result = edit_dataset(dataset, add=tuple(add or ()), remove=tuple(remove or ()), replace=pairs,
+                          dedupe=dedupe, trigger_first=trigger_first)
+    typer.echo(str(result))
+
+
+@app.command()
+@user_errors
 def demo(output: Path = typer.Option(Path("demo-output"), "-o", "--output")):
     """Run the main job on the built-in model and write the results to demo-output/."""
     from loracam.studio.demo import run_demo
