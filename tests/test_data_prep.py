@@ -206,3 +206,26 @@ def test_import_reads_kohya_folders(tmp_path):
     assert train["without_caption"] == 2 and any("0_ignored" in s for s in m["skipped"])
     assert m["steps"]["train_samples"] == 15 and m["steps"]["reg_samples"] == 15
     assert m["steps"]["buckets"] == [[256, 384, 30]]
+
+
+def test_tagger_captions_through_prep(tmp_path):
+    """--tagger wd14 with a model folder: tags follow the trigger; ratings never reach a caption."""
+    from test_data_tagging import build_tagger_model, write_tags_csv
+
+    model = tmp_path / "wd14"
+    model.mkdir()
+    build_tagger_model(model / "model.onnx")
+    write_tags_csv(model / "selected_tags.csv")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = __import__("numpy").random.default_rng(0)
+    for i in range(3):  # noisy red photos: sharp to intake, distinct to the duplicate check, red to the tagger
+        a = rng.integers(0, 90, (400, 400, 3)).astype("uint8")
+        a[..., 0] = rng.integers(180, 255, (400, 400))
+        Image.fromarray(a).save(photos / f"cup{i}.png")
+    cfg = PrepConfig(subject="object", trigger="mycup", class_word="cup", resolution=(256, 256),
+                     tagger="wd14", tagger_model=str(model))
+    prepare(photos, tmp_path / "ds", cfg)
+    caption = (tmp_path / "ds" / "img" / "10_mycup cup" / "cup0_whole.txt").read_text().strip()
+    tags = caption.split(", ")
+    assert tags[0] == "mycup" and "red dress" in tags and "general" not in tags and "blue background" not in tags
