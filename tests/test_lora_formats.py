@@ -322,7 +322,9 @@ def test_random_lora_on_full_sd15_has_kohyas_264_modules(tmp_path):
     assert LoraStack(unet, te, [lora]).patched_layers == 264  # every name matches the real architecture
 
     locon = random_lora(unet, te, conv=True)
-    assert len(locon) == 264 + 50  # 44 ResNet conv1/conv2 + 3 downsampler + 3 upsampler convs
+    # kohya's conv_dim adds whole ResNet/sampler blocks: 44 conv1/conv2 + 6 sampler convs (3x3),
+    # 22 time_emb_proj and 14 conv_shortcut (at the network dim)
+    assert len(locon) == 264 + 86
     assert tuple(locon["lora_unet_down_blocks_0_resnets_0_conv1"].down.shape) == (4, 320, 3, 3)
     assert "lora_unet_down_blocks_2_downsamplers_0_conv" in locon
     assert "lora_unet_up_blocks_2_upsamplers_0_conv" in locon

@@ -72,14 +72,15 @@ def kohya_targets(unet: nn.Module, text_encoder: nn.Module | None,
     """kohya's default SD1.x LoRA targets as (kohya name, module), in model order.
 
     U-Net: every Linear/1x1 conv in each Transformer2DModel; text encoder: attention and MLP linears;
-    with ``conv``, also the 3x3 convs of ResNet blocks and down/up samplers (LoCon).
+    with ``conv`` (LoCon), every layer of the ResNet blocks and down/up samplers, as kohya's conv_dim adds
+    those whole blocks: their 3x3 convs (trained at conv_dim) and their time_emb_proj and 1x1
+    conv_shortcut (at the network dim), 86 more modules on SD1.5.
     """
     found: dict[str, nn.Module] = {}
     for path, module in _children_of(unet, UNET_ATTN_BLOCKS, _is_1x1):
         found.setdefault(kohya_name("unet", path), module)
     if conv:
-        is_3x3 = lambda m: isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (3, 3)  # noqa: E731
-        for path, module in _children_of(unet, UNET_CONV_BLOCKS, is_3x3):
+        for path, module in _children_of(unet, UNET_CONV_BLOCKS, lambda m: True):
             found.setdefault(kohya_name("unet", path), module)
     if text_encoder is not None:
         for path, module in _children_of(text_encoder, TE_BLOCKS, lambda m: isinstance(m, nn.Linear)):
