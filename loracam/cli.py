@@ -297,6 +297,80 @@ def tags(
 
 @app.command()
 @user_errors
+def train(
+    dataset: Path = typer.Argument(..., help="A dataset from loracam prep, or any kohya-layout folder."),
+    base: Optional[str] = typer.Option(None, "--base", help="The base model (as in loracam gen)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="The LoRA file to write (.safetensors)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="A TOML file of train options; flags override it."),
+    subject: Optional[str] = typer.Option(None, "--subject", help="Preset: face, garment, shoes, person, style."),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum"),
+    resolution: Optional[str] = typer.Option(None, "--resolution", help="WIDTHxHEIGHT (multiples of 64)."),
+    rank: Optional[int] = typer.Option(None, "--rank", help="LoRA dim."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="LoRA alpha (scale = alpha / rank)."),
+    conv_dim: Optional[int] = typer.Option(None, "--conv-dim", help="LoCon: also train 3x3 convs at this rank."),
+    conv_alpha: Optional[float] = typer.Option(None, "--conv-alpha"),
+    train_text_encoder: Optional[bool] = typer.Option(None, "--train-text-encoder/--freeze-text-encoder"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="U-Net learning rate."),
+    te_lr: Optional[float] = typer.Option(None, "--te-lr", help="Text-encoder learning rate."),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="AdamW, AdamW8bit, Prodigy, SGD."),
+    lr_scheduler: Optional[str] = typer.Option(None, "--lr-scheduler", help="constant, cosine, linear, ..."),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps"),
+    noise_offset: Optional[float] = typer.Option(None, "--noise-offset"),
+    min_snr_gamma: Optional[float] = typer.Option(None, "--min-snr-gamma"),
+    prior_loss_weight: Optional[float] = typer.Option(None, "--prior-loss-weight"),
+    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Random horizontal flips."),
+    shuffle_caption: Optional[bool] = typer.Option(None, "--shuffle-caption/--no-shuffle-caption"),
+    keep_tokens: Optional[int] = typer.Option(None, "--keep-tokens"),
+    mixed_precision: Optional[str] = typer.Option(None, "--mixed-precision", help="auto, no, fp16, bf16."),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
+    save_every: Optional[int] = typer.Option(None, "--save-every", help="Save a checkpoint every N steps."),
+    save_every_epochs: Optional[int] = typer.Option(None, "--save-every-epochs"),
+    preview_every: Optional[int] = typer.Option(None, "--preview-every", help="Render previews every N steps."),
+    preview_prompt: Optional[List[str]] = typer.Option(None, "--preview-prompt", help="A preview prompt (repeatable)."),
+    select: Optional[str] = typer.Option(None, "--select", help="last, best or average-top-k (face identity)."),
+    select_k: Optional[int] = typer.Option(None, "--select-k"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    full: bool = typer.Option(False, "--full", help="Full fine-tuning instead of a LoRA."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of this run."),
+):
+    """Train a LoRA (kohya format, loads in A1111/ComfyUI/diffusers) or fine-tune a whole model (--full)."""
+    from loracam.config import from_dict, load_toml
+    from loracam.train import TrainConfig
+    from loracam.train import train as run_training
+
+    flags = dict(
+        dataset=str(dataset), base=base, output=str(output) if output else None, subject=subject, epochs=epochs,
+        max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
+        resolution=list(parse_size(resolution)) if resolution else None, rank=rank, alpha=alpha,
+        conv_dim=conv_dim, conv_alpha=conv_alpha, train_text_encoder=train_text_encoder, lr=lr, te_lr=te_lr,
+        optimizer=optimizer, lr_scheduler=lr_scheduler, warmup_steps=warmup_steps, noise_offset=noise_offset,
+        min_snr_gamma=min_snr_gamma, prior_loss_weight=prior_loss_weight, flip=flip,
+        shuffle_caption=shuffle_caption, keep_tokens=keep_tokens, mixed_precision=mixed_precision,
+        gradient_checkpointing=gradient_checkpointing, save_every_steps=save_every,
+        save_every_epochs=save_every_epochs, preview_every=preview_every,
+        preview_prompts=tuple(preview_prompt) if preview_prompt else None, select=select, select_k=select_k,
+        seed=seed, device=device, full=full or None, resume=resume or None,
+    )
+    base_cfg = _asdict(load_toml(TrainConfig, config)) if config else {}
+    cfg = from_dict(TrainConfig, {**base_cfg, **{k: v for k, v in flags.items() if v is not None}},
+                    where="train options")
+    result = run_training(cfg, echo=typer.echo)
+    if result.main_process and not result.stopped_early:
+        typer.echo(f"wrote {result.output} after {result.steps} steps"
+                   + (f" (kept: {result.selected})" if result.selected != "last" else ""))
+
+
+def train_main() -> None:
+    """Entry point of ``python -m loracam.train`` / ``accelerate launch -m loracam.train``."""
+    app(["train", *sys.argv[1:]])
+
+
+@app.command()
+@user_errors
 def demo(output: Path = typer.Option(Path("demo-output"), "-o", "--output")):
     """Run the main job on the built-in model and write the results to demo-output/."""
     from loracam.studio.demo import run_demo

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import Callable
 
 from loracam.errors import LoracamError
+
+
+class DiskFull(LoracamError):
+    """A write failed because the disk (or the user's quota) is full; nothing was published."""
+
+    def __init__(self, path: Path):
+        super().__init__(f"the disk is full: {Path(path).name} could not be written (nothing was replaced); "
+                         "free some space and try again")
+        self.path = Path(path)
 
 
 def atomic_write(path: Path, write: Callable[[str], None], *, overwrite: bool = False) -> Path:
@@ -28,6 +38,10 @@ def atomic_write(path: Path, write: Callable[[str], None], *, overwrite: bool = 
             os.replace(tmp, path)
         else:
             os.link(tmp, path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(path) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -152,3 +152,19 @@ def test_from_finds_the_checkpoint_by_hash_in_ckpt_dir(tmp_path, tiny):
     assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(second)))
     r = runner.invoke(app, ["gen", "--from", str(first), "-o", str(out)])
     assert r.exit_code == 2 and "pass --base PATH" in r.output
+
+
+def test_atomic_write_reports_a_full_disk_and_leaves_nothing(tmp_path):
+    import errno
+
+    from loracam.io import DiskFull, atomic_write
+
+    (tmp_path / "old.bin").write_bytes(b"keep me")
+
+    def writer(tmp):
+        Path(tmp).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(DiskFull, match="disk is full"):
+        atomic_write(tmp_path / "old.bin", writer, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["old.bin"] and (tmp_path / "old.bin").read_bytes() == b"keep me"

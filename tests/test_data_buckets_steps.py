@@ -104,3 +104,9 @@ def test_dataset_toml_is_valid_kohya_config(tmp_path):
     assert ds["subsets"][0] == {"image_dir": str(tmp_path / "ds" / "img/10_sks woman"), "num_repeats": 10,
                                 "class_tokens": "sks woman"}
     assert ds["subsets"][1]["is_reg"] is True
+
+
+def test_no_upscale_never_makes_an_empty_bucket():
+    # at 64x64, a 1:2 image rounds to a 0-wide bucket in sd-scripts (which then crashes); one step is the
+    # smallest side, which keeps the aspect exactly
+    assert Bucketing((64, 64), no_upscale=True).select(64, 128) == ((64, 128), (64, 128))

@@ -101,9 +101,12 @@ def test_epoch_order_depends_only_on_seed_and_epoch(tmp_path):
 def test_ranks_partition_the_batches_as_accelerate_shards(tmp_path):
     data = TrainData(mixed_dataset(tmp_path / "ds", 10, 2), DataConfig(batch_size=1))
     full = data.epoch(3)
-    shards = [data.epoch(3, rank=r, world=3) for r in range(3)]
-    assert sum(len(s) for s in shards) == len(full)
-    assert all(shards[i % 3][i // 3] == full[i] for i in range(len(full)))
+    shards = [data.epoch(3, rank=r, world=5) for r in range(5)]
+    # every rank runs the same number of steps (else DDP hangs): topped up with the epoch's first batches
+    assert len({len(s) for s in shards}) == 1 and len(shards[0]) == -(-len(full) // 5)
+    padded = full + full[: (-len(full)) % 5]
+    assert all(shards[i % 5][i // 5] == padded[i] for i in range(len(padded)))
+    assert len(full) % 5 != 0, "the dataset must not divide evenly, or the top-up is untested"
     with pytest.raises(ValueError):
         data.epoch(0, rank=3, world=3)
 

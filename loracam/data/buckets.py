@@ -55,7 +55,9 @@ class Bucketing:
 
     def _round(self, x: float) -> int:
         x = int(x + 0.5)
-        return x - x % self.step
+        # sd-scripts lets this reach 0 (and then divides by it) for images far from square at tiny
+        # resolutions; one step is the smallest bucket side that exists.
+        return max(self.step, x - x % self.step)
 
     def _own_size(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """bucket_no_upscale: images above the area shrink to it; the bucket is the size cut to the step."""

@@ -152,6 +152,9 @@ class TrainData:
             rng.shuffle(keys)
             batches += [keys[i:i + size] for i in range(0, len(keys), size)]
         rng.shuffle(batches)
+        # Every process must run the same number of steps or DDP's all-reduce waits forever: like
+        # accelerate's even_batches, the epoch is topped up with its first batches to a multiple of world.
+        batches += batches[: (-len(batches)) % world]
         return batches[rank::world]  # accelerate's sharding: batch i goes to process i % world
 
     # -- one batch ----------------------------------------------------------------------------

@@ -1,0 +1,168 @@
+"""What ``loracam train`` takes (a frozen config, loadable from TOML) and the subject presets."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Literal
+
+from loracam.errors import LoracamError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every option of ``loracam train``; each is also a key of a ``--config`` TOML file."""
+
+    dataset: str = ""
+    output: str = ""
+    base: str | None = None
+    subject: str | None = None  # a preset: face, garment, shoes, person, style
+    # data (kohya semantics)
+    resolution: tuple[int, int] | None = None  # width, height; None: the dataset's (prep's) or 512x512
+    batch_size: int = 1
+    grad_accum: int = 1
+    epochs: int | None = None  # max_train_epochs: wins over max_steps, as in sd-scripts
+    max_steps: int | None = None  # None: the preset's rule, else sd-scripts' default 1600
+    bucket_no_upscale: bool = True
+    shuffle_caption: bool = False
+    keep_tokens: int = 1
+    flip: bool = False
+    prior_loss_weight: float = 1.0
+    clip_skip: int = 1
+    # network
+    rank: int | None = None
+    alpha: float | None = None
+    conv_dim: int | None = None
+    conv_alpha: float | None = None
+    train_text_encoder: bool | None = None
+    targets: Literal["kohya", "attention"] | None = None
+    # optimisation
+    optimizer: str = "AdamW"
+    lr: float | None = None  # U-Net learning rate
+    te_lr: float | None = None  # text-encoder learning rate (default: half the U-Net's, as EasyPhoto)
+    lr_scheduler: str | None = None
+    warmup_steps: int = 0
+    weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    noise_offset: float = 0.0
+    min_snr_gamma: float | None = None
+    seed: int = 0
+    # speed and memory
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    gradient_checkpointing: bool = False
+    cache_latents: bool = True
+    channels_last: bool = True
+    device: str = "auto"
+    # outputs
+    save_every_steps: int | None = None
+    save_every_epochs: int | None = None
+    keep_states: int = 2  # resume states kept on disk (each checkpoint's LoRA file is always kept)
+    preview_every: int | None = None
+    preview_prompts: tuple[str, ...] = ()
+    preview_steps: int = 20
+    preview_sampler: str = "Euler a"
+    preview_seed: int = 1234
+    # checkpoint choice (face subjects)
+    select: Literal["last", "best", "average-top-k"] = "last"
+    select_k: int = 3
+    identity_images: int = 4
+    # full fine-tuning
+    full: bool = False
+    resume: bool = False
+
+    def __post_init__(self):
+        checks = [
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.grad_accum >= 1, "gradient accumulation must be at least 1"),
+            (self.epochs is None or self.epochs >= 1, "--epochs must be at least 1"),
+            (self.max_steps is None or self.max_steps >= 1, "--max-steps must be at least 1"),
+            (self.rank is None or self.rank >= 1, "--rank must be at least 1"),
+            (self.alpha is None or self.alpha > 0, "--alpha must be positive"),
+            (self.lr is None or (self.lr > 0 and math.isfinite(self.lr)), "--lr must be a positive number"),
+            (self.save_every_steps is None or self.save_every_steps >= 1, "--save-every must be at least 1"),
+            (self.select_k >= 1, "select_k must be at least 1"),
+            (self.clip_skip >= 1, "clip skip counts from 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise LoracamError(message)
+        if self.resolution is not None and (self.resolution[0] % 64 or self.resolution[1] % 64):
+            raise LoracamError(f"--resolution {self.resolution[0]}x{self.resolution[1]}: use multiples of 64")
+        if self.subject is not None and self.subject not in PRESETS:
+            raise LoracamError(f"unknown subject preset {self.subject!r}; use one of {', '.join(PRESETS)}")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Defaults for a kind of subject, each chosen for a reason (see PRESETS)."""
+
+    rank: int
+    alpha: float
+    lr: float
+    te_lr: float | None  # None: the text encoder stays frozen
+    targets: str
+    lr_scheduler: str
+    steps_per_image: int  # max_steps = steps_per_image x training images, clamped to [min_steps, max_steps]
+    min_steps: int
+    max_steps: int
+    recommended_weight: float
+
+
+# The defaults, and why (anchors.md, the NGA guide):
+# - face: FaceChain's recipe, which is what makes a portrait LoRA "look like me" without learning the
+#   photos' backgrounds: rank 4, attention-only, frozen text encoder, lr 1.5e-4 with cosine decay, about
+#   200 steps per photo. Capped at 1600 (sd-scripts' default) since the identity score peaks earlier;
+#   alpha = rank (scale 1), as diffusers' example scripts train.
+# - garment / shoes: the NGA guide trains part LoRAs with reg images for 4000+ steps and wears them at
+#   0.4-0.5; the text encoder learns the trigger at half the U-Net rate (EasyPhoto's ratio). Rank 16 /
+#   alpha 8 keeps the pattern detail a rank-4 LoRA blurs; shoes are smaller and need less (rank 8).
+# - person: a whole person (face + body + clothes) needs more capacity than a face and the text encoder.
+# - style: styles are broad: rank 32, frozen text encoder so the trigger does not absorb content words.
+PRESETS: dict[str, Preset] = {
+    "face": Preset(4, 4.0, 1.5e-4, None, "attention", "cosine", 200, 400, 1600, 0.9),
+    "garment": Preset(16, 8.0, 1e-4, 5e-5, "kohya", "cosine", 200, 4000, 6000, 0.5),
+    "shoes": Preset(8, 4.0, 1e-4, 5e-5, "kohya", "cosine", 200, 3000, 5000, 0.5),
+    "person": Preset(16, 8.0, 1e-4, 5e-5, "kohya", "cosine", 200, 1500, 3000, 0.8),
+    "style": Preset(32, 16.0, 1e-4, None, "kohya", "cosine", 100, 1000, 3000, 0.6),
+}
+GENERIC = Preset(4, 1.0, 1e-4, None, "kohya", "constant", 0, 0, 1600, 1.0)  # sd-scripts' defaults
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The config with every default filled in (saved next to the output)."""
+
+    cfg: TrainConfig
+    preset: Preset
+    train_text_encoder: bool
+    te_lr: float | None
+
+
+def resolve(cfg: TrainConfig) -> Resolved:
+    """Fill the unset network/optimisation fields from the subject preset (or sd-scripts' defaults)."""
+    p = PRESETS.get(cfg.subject or "", GENERIC)
+    train_te = cfg.train_text_encoder if cfg.train_text_encoder is not None else p.te_lr is not None
+    lr = cfg.lr if cfg.lr is not None else p.lr
+    te_lr = cfg.te_lr if cfg.te_lr is not None else ((p.te_lr if p.te_lr else lr / 2) if train_te else None)
+    filled = replace(
+        cfg,
+        rank=cfg.rank or p.rank,
+        alpha=cfg.alpha if cfg.alpha is not None else (p.alpha if cfg.rank is None else float(cfg.rank)),
+        lr=lr,
+        targets=cfg.targets or p.targets,
+        lr_scheduler=cfg.lr_scheduler or p.lr_scheduler,
+        train_text_encoder=train_te,
+        te_lr=te_lr,
+    )
+    return Resolved(filled, p, train_te, te_lr)
+
+
+def preset_steps(preset: Preset, train_images: int) -> int:
+    """The preset's step rule: steps_per_image x images, clamped; sd-scripts' 1600 without a preset."""
+    if preset.steps_per_image == 0:
+        return preset.max_steps
+    return max(preset.min_steps, min(preset.max_steps, preset.steps_per_image * train_images))
+
+
+def config_keys() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
