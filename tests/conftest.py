@@ -52,3 +52,29 @@ def tiny():
     from loracam.models import ModelCache
 
     return ModelCache().get("random:tiny", torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="session")
+def analyzer():
+    """dlib's face models, loaded once for every test that needs them."""
+    from loracam.data.faces import FaceAnalyzer
+
+    return FaceAnalyzer()
+
+
+@pytest.fixture(scope="session")
+def astronaut():
+    """skimage's astronaut: a real portrait with one face (and a mission patch HOG likes)."""
+    import skimage.data
+    from PIL import Image
+
+    return Image.fromarray(skimage.data.astronaut())
+
+
+@pytest.fixture(scope="session")
+def hopper():
+    """matplotlib's Grace Hopper portrait: a second, different person."""
+    import matplotlib
+    from PIL import Image
+
+    return Image.open(f"{matplotlib.get_data_path()}/sample_data/grace_hopper.jpg").convert("RGB")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import re
 
-import matplotlib
 import numpy as np
 import pytest
 import skimage.data
@@ -14,21 +13,6 @@ from PIL import Image, ImageOps
 from loracam.data.faces import Face, FaceAnalyzer, FaceFinding, identity_outliers
 from loracam.data.geometry import Box, border_colour
 from loracam.errors import LoracamError
-
-
-@pytest.fixture(scope="module")
-def analyzer() -> FaceAnalyzer:
-    return FaceAnalyzer()
-
-
-@pytest.fixture(scope="module")
-def astronaut() -> Image.Image:
-    return Image.fromarray(skimage.data.astronaut())
-
-
-@pytest.fixture(scope="module")
-def hopper() -> Image.Image:
-    return Image.open(f"{matplotlib.get_data_path()}/sample_data/grace_hopper.jpg").convert("RGB")
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,6 @@ from loracam.data.intake import Photo, Rejection, blurry, hamming, list_photos, 
 MIN = (128, 128)
 
 
-@pytest.fixture(scope="module")
-def astronaut() -> Image.Image:
-    return Image.fromarray(data.astronaut())
-
-
 def test_exif_orientation_is_applied(tmp_path, astronaut):
     im = astronaut.resize((400, 200))
     exif = Image.Exif()

@@ -7,7 +7,6 @@ import json
 import math
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pytest
 import skimage.data
@@ -30,23 +29,6 @@ def _jpeg(image: Image.Image, quality: int) -> Image.Image:
     buf = io.BytesIO()
     image.save(buf, "JPEG", quality=quality)
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-
-
-@pytest.fixture(scope="module")
-def analyzer():
-    from loracam.data.faces import FaceAnalyzer
-
-    return FaceAnalyzer()
-
-
-@pytest.fixture(scope="module")
-def astronaut() -> Image.Image:
-    return Image.fromarray(skimage.data.astronaut())
-
-
-@pytest.fixture(scope="module")
-def hopper() -> Image.Image:
-    return Image.open(f"{matplotlib.get_data_path()}/sample_data/grace_hopper.jpg").convert("RGB")
 
 
 @pytest.fixture(scope="module")

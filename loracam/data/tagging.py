@@ -268,25 +268,15 @@ class BlipCaptioner:
         if max_new_tokens < 1:
             raise LoracamError(f"max_new_tokens must be at least 1 (got {max_new_tokens})")
         self.source, self.max_new_tokens = str(model), max_new_tokens
-        self.device = self._device(device)
+        from loracam.models import pick_device  # torch only when a captioner is built
+
+        self.device = pick_device(device)
         local = Path(model)
         if not _is_hub_id(model) and not local.is_dir():
             raise LoracamError(f"no BLIP model folder at {model}: pass a folder saved with save_pretrained "
                                "(config.json, weights, processor and tokenizer files) or a hub id such as "
                                "Salesforce/blip-image-captioning-base")
         self.processor, self.model = self._load(str(model), local_only=local.is_dir() or not allow_download)
-
-    @staticmethod
-    def _device(name: str) -> Any:
-        import torch
-
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise LoracamError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise LoracamError("the captioner was asked to run on cuda but no CUDA GPU is visible; use cpu")
-        return device
 
     def _load(self, src: str, local_only: bool) -> tuple[Any, Any]:
         from transformers import BlipForConditionalGeneration, BlipProcessor
