@@ -155,6 +155,64 @@ def _total_steps(req) -> int:
 
 @app.command()
 @user_errors
+def grid(
+    prompt: str = typer.Argument(..., help="The prompt, with <lora:NAME:W> tags."),
+    x: Optional[str] = typer.Option(None, "--x", help='An axis: TYPE=VALUES, e.g. "lora:testdress=0.3-0.5 [3]".'),
+    y: Optional[str] = typer.Option(None, "--y", help='The Y axis, e.g. "CFG Scale=5,7,9".'),
+    z: Optional[str] = typer.Option(None, "--z", help="The Z axis (one sub-grid per value)."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="A row of N random seeds, to pick a composition."),
+    keep_random_seeds: bool = typer.Option(False, "--keep-random-seeds", help="Seed -1 stays random per cell."),
+    vary_seeds: str = typer.Option("", "--vary-seeds", help="x, y, z or a mix: add the axis index to the seed."),
+    batch_size: int = typer.Option(8, "--batch-size", help="The most cells rendered together."),
+    force: bool = typer.Option(False, "--force", help="Render grids over the size limit."),
+    negative: Optional[str] = typer.Option(None, "--negative"),
+    base: Optional[str] = typer.Option(None, "--base"),
+    lora_dir: Optional[List[Path]] = typer.Option(None, "--lora-dir"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    sampler: Optional[str] = typer.Option(None, "--sampler"),
+    schedule: Optional[str] = typer.Option(None, "--schedule"),
+    steps: Optional[int] = typer.Option(None, "--steps"),
+    cfg: Optional[float] = typer.Option(None, "--cfg"),
+    size: Optional[str] = typer.Option(None, "--size"),
+    clip_skip: Optional[int] = typer.Option(None, "--clip-skip"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    precision: Optional[str] = typer.Option(None, "--precision"),
+    output: Path = typer.Option(Path("outputs/grids"), "-o", "--output"),
+):
+    """Render an X/Y/Z grid (A1111's axes and value syntax), batching cells that can share a batch."""
+    from loracam.config import from_dict
+    from loracam.generate import GenRequest
+    from loracam.grid import AxisSpec, GridOptions, run_grid
+    from loracam.io import check_writable_dir
+    from loracam.lora import LoraLibrary
+
+    width, height = parse_size(size)
+    fields = dict(prompt=prompt, negative=negative, base=base, seed=seed, sampler=sampler, schedule=schedule,
+                  steps=steps, cfg=cfg, width=width, height=height, clip_skip=clip_skip, device=device,
+                  precision=precision, lora_dirs=tuple(map(str, lora_dir)) if lora_dir else None)
+    req = from_dict(GenRequest, {k: v for k, v in fields.items() if v is not None}, where="grid options")
+    if seeds is not None and seeds < 1:
+        raise LoracamError("--seeds must be at least 1")
+    if set(vary_seeds) - set("xyz"):
+        raise LoracamError(f"--vary-seeds {vary_seeds!r}: use x, y, z or a mix such as xy")
+    specs = [AxisSpec.parse(a) if a else None for a in (x, y, z)]
+    if seeds is None and not any(specs):
+        raise LoracamError("give at least one axis (--x TYPE=VALUES) or --seeds N")
+    check_writable_dir(output)
+    models = _services()
+    library = LoraLibrary([Path(d) for d in req.lora_dirs], models.hash_cache)
+    opts = GridOptions(keep_random_seeds=keep_random_seeds, vary_seeds=vary_seeds, batch_size=batch_size, force=force)
+    bar = _Bar(total=0)
+    result = run_grid(req, specs, opts, models, library, output, seeds=seeds,
+                      progress=lambda i, n: (setattr(bar, "total", n), bar(i, n)))
+    bar.close()
+    n = len(result.paths["cells"])
+    typer.echo(f"{n} cells ({result.rendered} rendered, {n - result.rendered} from the cache)")
+    typer.echo(f"grid: {result.paths['grid']}")
+
+
+@app.command()
+@user_errors
 def prompt(
     text: str = typer.Argument(..., help="A prompt in A1111 syntax."),
     steps: int = typer.Option(20, "--steps", help="Steps used to resolve [from:to:when] schedules."),
