@@ -38,7 +38,7 @@ from loracam.grid.values import parse_values
 from loracam.prompts.networks import LoraRef, extract_networks
 
 if TYPE_CHECKING:
-    from loracam.generate.request import GenRequest
+    from loracam.generate.request import GenRequest, Sample, Shared
 
 MAX_ORDER_PHRASES = 7  # Prompt order makes n! cells: 7 phrases are 5,040 already
 _CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -62,6 +62,18 @@ class Cell:
     denoising: float | None = None  # set for img2img / inpaint
     base: str | None = None  # None: the built-in toy model
     loras: tuple[LoraRef, ...] = ()  # left empty: read from the tags of prompt, then negative
+
+    def shared(self) -> "Shared":
+        """What this cell must share with the others of its batch."""
+        from loracam.generate.request import Shared
+
+        return Shared(self.width, self.height, self.steps, self.sampler, self.schedule, self.clip_skip, self.denoising)
+
+    def sample(self) -> "Sample":
+        """What this cell may have of its own inside a batch."""
+        from loracam.generate.request import Sample
+
+        return Sample(self.prompt, self.negative, self.seed, self.cfg, self.loras)
 
     def __post_init__(self):
         if not self.loras:

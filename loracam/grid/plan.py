@@ -20,7 +20,7 @@ from PIL import Image
 
 from loracam import __version__
 from loracam.errors import LoracamError
-from loracam.generate import GenRequest, Sample, Shared
+from loracam.generate import GenRequest
 from loracam.generate.api import Rendered, render_samples
 from loracam.generate.images import save_png
 from loracam.generate.samplers import parse_sampler
@@ -80,8 +80,8 @@ def cells_of(base: Cell, axes: Sequence[Axis | None], opts: GridOptions, rng: ra
 
 
 def shared_key(cell: Cell) -> tuple:
-    """What every cell of one batch must have in common (it fixes shapes and timesteps)."""
-    return (cell.base, cell.width, cell.height, cell.steps, cell.sampler, cell.schedule, cell.clip_skip, cell.denoising)
+    """What every cell of one batch must have in common: the model, and what fixes shapes and timesteps."""
+    return (cell.base, cell.shared())
 
 
 def fingerprint(cell: Cell, model_id: str, lora_hashes: dict[str, str]) -> str:
@@ -147,8 +147,8 @@ class GridRunner:
 
         cell0 = items[0][1]
         model = self._model(cell0.base)
-        shared = Shared(cell0.width, cell0.height, cell0.steps, cell0.sampler, cell0.schedule, cell0.clip_skip)
-        samples = [Sample(c.prompt, c.negative, c.seed, c.cfg, c.loras) for _, c, _ in items]
+        shared = cell0.shared()
+        samples = [c.sample() for _, c, _ in items]
         out: list[Rendered] = []
         start, size = 0, max(1, batch_size)
         while start < len(samples):
