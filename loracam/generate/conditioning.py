@@ -53,7 +53,7 @@ class CondPlan:
 
 
 def _pick(sched: Schedule, step: int) -> int:
-    return sched[text_at_step([(end, "") for end, _ in sched], step)][1]
+    return sched[text_at_step(sched, step)][1]  # text_at_step reads only the end steps
 
 
 def build_plan(

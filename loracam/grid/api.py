@@ -58,8 +58,11 @@ def run_grid(req: GenRequest, specs: list[AxisSpec | None], opts: GridOptions, m
     labels = [[a.format(v) for v in a.values] if a else [""] for a in axes]
     result.grid = draw_grid(_same_size(result), labels[0], labels[1], labels[2])
     first = result.cells[0][0][0]
-    typed = [s.values if s else ",".join(str(v) for v in a.values) if a else "" for a, s in zip(axes, specs + [None] * 3)]
-    info = grid_infotext(first.infotext, [(xyz, a.kind, t) for xyz, a, t in zip("XYZ", axes, typed) if a is not None])
+    rows = []
+    for xyz, axis, spec in zip("XYZ", axes, specs + [None] * 3):
+        if axis is not None:  # the values as typed; a --seeds row has none typed, so its seeds are listed
+            rows.append((xyz, axis.kind, spec.values if spec else ",".join(str(v) for v in axis.values)))
+    info = grid_infotext(first.infotext, rows)
     result.paths["cells"] = save_cells(result, outdir)
     result.paths["grid"] = save_png(result.grid, info, outdir, first.seed)
     return result

@@ -217,8 +217,9 @@ def prompt_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
     return [(t, _render(nodes, t)) for t in sorted(ends)]
 
 
-def text_at_step(schedule: list[tuple[int, str]], step: int) -> int:
-    """Index of the schedule entry used at 0-based sampling step ``step`` (A1111's rule)."""
+def text_at_step(schedule: list[tuple[int, object]], step: int) -> int:
+    """Index of the schedule entry used at 0-based sampling step ``step`` (A1111's rule); only each entry's
+    end step is read, so any (end_step, payload) list works."""
     for i, (end, _) in enumerate(schedule):
         if step <= end:
             return i

@@ -10,6 +10,7 @@ run resumed from a checkpoint continues exactly as if it had never stopped.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -365,7 +366,7 @@ class _Run:
         latents = latents.to(acc.device)
         text = self._text(batch.captions)
         gen = _generator(cfg.seed, micro, acc.process_index)
-        ctx = acc.no_sync(self.unet) if not sync and acc.num_processes > 1 else _null()
+        ctx = acc.no_sync(self.unet) if not sync and acc.num_processes > 1 else nullcontext()
         with ctx, acc.autocast():
             loss = diffusion_loss(self.unet, self.noise_sched, latents, text, batch.loss_weights, gen, cfg, self.v_pred)
             acc.backward(loss / cfg.grad_accum)
@@ -489,10 +490,3 @@ class _Run:
             atomic_write(self.output, lambda tmp: shutil.copyfile(chosen[0].path, tmp))
             self.result.selected = f"step {chosen[0].step}"
 
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
