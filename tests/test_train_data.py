@@ -328,3 +328,30 @@ def test_invalid_settings_name_the_key():
     with pytest.raises(LoracamError, match="bucket_step"):
         DataConfig(bucket_step=60)
     assert DataConfig(resolution=[512, 768]).resolution == (512, 768)
+
+
+def test_caption_dropout_trains_a_share_unconditionally_and_repeatably(tmp_path):
+    caption = "1girl, full body, red dress"
+    p = write_image(tmp_path / "ds" / "1_doll" / "a.png", (64, 96), caption=caption)
+    cfg = DataConfig(caption_dropout=0.3, resolution=(64, 96), bucket_step=32, min_bucket=32)
+    data = TrainData(tmp_path / "ds", cfg)
+    seen = [data.load([key(p)], e, i).captions[0] for e in range(20) for i in range(10)]
+    assert set(seen) == {"", caption}
+    assert 0.2 < seen.count("") / len(seen) < 0.4
+    again = TrainData(tmp_path / "ds", cfg)  # the same seed drops the same batches (exact resume)
+    assert [again.load([key(p)], e, i).captions[0] for e in range(20) for i in range(10)] == seen
+    with pytest.raises(LoracamError, match="caption_dropout"):
+        DataConfig(caption_dropout=1.0)
+
+
+def test_small_models_bucket_at_their_own_size_in_steps_of_32(tmp_path):
+    from loracam.train.config import TrainConfig, bucket_step
+
+    assert bucket_step(TrainConfig(), (512, 768)) == 64  # sd-scripts' default stays
+    assert bucket_step(TrainConfig(), (64, 96)) == 32
+    assert bucket_step(TrainConfig(bucket_step=16), (64, 96)) == 16
+    p = write_image(tmp_path / "ds" / "1_doll" / "a.png", (64, 96))
+    data = TrainData(tmp_path / "ds", DataConfig(resolution=(64, 96), bucket_step=32, min_bucket=32))
+    assert data.samples[0].bucket == (64, 96) and key(p) == data.samples[0].key
+    with pytest.raises(LoracamError, match="multiple of 8"):
+        TrainConfig(bucket_step=12)

@@ -27,6 +27,11 @@ def bucket_resolutions(resolution: tuple[int, int], min_size: int = 256, max_siz
     return sorted(resos)
 
 
+def default_step(resolution: tuple[int, int]) -> int:
+    """sd-scripts' 64, or 32 for sizes that are not multiples of 64 (small models such as the toy's 64x96)."""
+    return 64 if resolution[0] % 64 == 0 and resolution[1] % 64 == 0 else 32
+
+
 @dataclass(frozen=True)
 class Bucketing:
     """sd-scripts' bucket settings: resolution (max area), min/max side, step, bucket_no_upscale."""

@@ -68,8 +68,10 @@ class PrepConfig:
         if not self.class_word.strip():
             raise LoracamError("--class must not be empty")
         w, h = self.resolution
-        if w < 64 or h < 64 or w % 64 or h % 64:
-            raise LoracamError(f"--resolution {w}x{h}: both sides must be multiples of 64 (e.g. 512x768)")
+        if w < 64 or h < 64 or w % 32 or h % 32:
+            # 64 is SD's step; 32 lets small models train at their own size (the toy base: 64x96)
+            raise LoracamError(f"--resolution {w}x{h}: both sides must be multiples of 64 (e.g. 512x768), "
+                               "or of 32 for small models (64x96)")
         if (self.repeats is not None and self.repeats < 1) or self.reg_repeats < 1:
             raise LoracamError("--repeats and --reg-repeats must be at least 1")
         if (self.tagger is None) != (self.tagger_model is None):

@@ -43,8 +43,10 @@ def load_model(req: GenRequest, models: ModelCache) -> BaseModel:
 
 
 def native_size(model: BaseModel) -> tuple[int, int]:
-    side = model.unet.config.sample_size * model.vae_scale_factor
-    return side, side
+    """(width, height) the model was trained at; a U-Net's sample_size is a side or (height, width)."""
+    size = model.unet.config.sample_size
+    h, w = (size, size) if isinstance(size, int) else size
+    return w * model.vae_scale_factor, h * model.vae_scale_factor
 
 
 def generate(req: GenRequest, models: ModelCache, library: LoraLibrary | None = None,

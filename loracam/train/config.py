@@ -28,6 +28,8 @@ class TrainConfig:
     keep_tokens: int = 1
     flip: bool = False
     prior_loss_weight: float = 1.0
+    caption_dropout: float = 0.0  # sd-scripts' caption_dropout_rate (0.1 when training a base for CFG)
+    bucket_step: int | None = None  # sd-scripts' bucket_reso_steps; None: 64, or 32 for sizes like 64x96
     clip_skip: int = 1
     # network
     rank: int | None = None
@@ -86,8 +88,13 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise LoracamError(message)
-        if self.resolution is not None and (self.resolution[0] % 64 or self.resolution[1] % 64):
-            raise LoracamError(f"--resolution {self.resolution[0]}x{self.resolution[1]}: use multiples of 64")
+        if self.resolution is not None and (self.resolution[0] % 32 or self.resolution[1] % 32):
+            raise LoracamError(f"--resolution {self.resolution[0]}x{self.resolution[1]}: use multiples of 64 "
+                               "(or 32 for small models such as the toy base)")
+        if self.bucket_step is not None and (self.bucket_step < 8 or self.bucket_step % 8):
+            raise LoracamError(f"--bucket-step {self.bucket_step}: use a multiple of 8 (64 is sd-scripts' default)")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise LoracamError(f"--caption-dropout {self.caption_dropout}: give a share from 0 up to (not) 1")
         if self.subject is not None and self.subject not in PRESETS:
             raise LoracamError(f"unknown subject preset {self.subject!r}; use one of {', '.join(PRESETS)}")
 
@@ -162,6 +169,13 @@ def preset_steps(preset: Preset, train_images: int) -> int:
     if preset.steps_per_image == 0:
         return preset.max_steps
     return max(preset.min_steps, min(preset.max_steps, preset.steps_per_image * train_images))
+
+
+def bucket_step(cfg: TrainConfig, resolution: tuple[int, int]) -> int:
+    """sd-scripts' 64 unless given or the resolution is not a multiple of it (64x96 buckets in steps of 32)."""
+    from loracam.data.buckets import default_step
+
+    return cfg.bucket_step if cfg.bucket_step is not None else default_step(resolution)
 
 
 def config_keys() -> list[str]:

@@ -44,6 +44,7 @@ class DataConfig:
     flip: bool = False  # horizontal flip augmentation
     caption_extensions: tuple[str, ...] = (".txt", ".caption")
     prior_loss_weight: float = 1.0  # loss weight of reg samples
+    caption_dropout: float = 0.0  # sd-scripts' caption_dropout_rate: train this share unconditionally
 
     def __post_init__(self) -> None:
         # TOML gives lists; the rest of the code compares and hashes tuples
@@ -67,6 +68,8 @@ class DataConfig:
             out.append(("keep_tokens", f"must be 0 or more, got {self.keep_tokens}"))
         if self.prior_loss_weight < 0:
             out.append(("prior_loss_weight", f"must be 0 or more, got {self.prior_loss_weight}"))
+        if not 0.0 <= self.caption_dropout < 1.0:
+            out.append(("caption_dropout", f"must be at least 0 and below 1, got {self.caption_dropout}"))
         if not self.caption_extensions:
             out.append(("caption_extensions", "must name at least one extension, e.g. .txt"))
         return out
@@ -190,10 +193,15 @@ class TrainData:
         return random.Random(f"{self.seed}-{epoch}-{batch_index}-{position}-flip").random() < 0.5
 
     def _captions(self, samples: list[Sample], epoch: int, batch_index: int) -> list[str]:
-        if not self.cfg.shuffle_caption:
-            return [s.caption for s in samples]
-        rng = random.Random(f"{self.seed}-{epoch}-{batch_index}-caption")
-        return [shuffle_caption(s.caption, self.cfg.keep_tokens, rng) for s in samples]
+        captions = [s.caption for s in samples]
+        if self.cfg.shuffle_caption:
+            rng = random.Random(f"{self.seed}-{epoch}-{batch_index}-caption")
+            captions = [shuffle_caption(c, self.cfg.keep_tokens, rng) for c in captions]
+        if self.cfg.caption_dropout:
+            # the empty caption teaches the unconditional prediction classifier-free guidance needs
+            drop = random.Random(f"{self.seed}-{epoch}-{batch_index}-dropout")
+            captions = ["" if drop.random() < self.cfg.caption_dropout else c for c in captions]
+        return captions
 
     @staticmethod
     def _pixels(array: np.ndarray, flipped: bool) -> torch.Tensor:

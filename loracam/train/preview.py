@@ -50,8 +50,8 @@ def identity_score(run, step: int, path: Path):
     from loracam.judge.select import CheckpointScore
 
     if not hasattr(run, "_scorer"):
-        ref = run.data.reference_embeddings()
-        run._scorer = IdentityScorer(ref) if ref is not None else None
+        ref = run.data.reference_embeddings() if run.custom_scorer is None else None
+        run._scorer = run.custom_scorer or (IdentityScorer(ref) if ref is not None else None)
         if run._scorer is None:
             run.echo("no face embeddings in the dataset's manifest (prep one with --subject face): "
                      "checkpoints cannot be picked by identity; the last one is kept")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from loracam.config import to_dict
 from loracam.errors import LoracamError
 from loracam.io import atomic_write_bytes
-from loracam.train.config import Resolved, TrainConfig, preset_steps, resolve
+from loracam.train.config import Resolved, TrainConfig, bucket_step, preset_steps, resolve
 from loracam.train.events import EventLog, Progress
 from loracam.train.optim import check_names, make_optimizer, make_scheduler
 from loracam.train.state import Position, checkpoint_path, disk_guard, fingerprint, load_latest, save_state
@@ -81,10 +81,13 @@ def _check_output(cfg: TrainConfig) -> Path:
 def _data(cfg: TrainConfig, dataset: Path):
     from loracam.train.data import DataConfig, TrainData
 
-    res = cfg.resolution or _prep_resolution(dataset) or (512, 512)
-    dcfg = DataConfig(resolution=tuple(res), bucket_no_upscale=cfg.bucket_no_upscale, batch_size=cfg.batch_size,
+    res = tuple(cfg.resolution or _prep_resolution(dataset) or (512, 512))
+    step = bucket_step(cfg, res)
+    # sd-scripts' 256..1024 side limits assume SD-sized images; small models' buckets scale with them
+    dcfg = DataConfig(resolution=res, bucket_no_upscale=cfg.bucket_no_upscale, batch_size=cfg.batch_size,
                       shuffle_caption=cfg.shuffle_caption, keep_tokens=cfg.keep_tokens, flip=cfg.flip,
-                      prior_loss_weight=cfg.prior_loss_weight)
+                      prior_loss_weight=cfg.prior_loss_weight, caption_dropout=cfg.caption_dropout,
+                      bucket_step=step, min_bucket=min(256, step), max_bucket=max(1024, 2 * max(res)))
     return TrainData(dataset, dcfg, seed=cfg.seed), tuple(res)
 
 
@@ -177,8 +180,13 @@ def diffusion_loss(unet, noise_sched, latents, text, loss_weights, gen, cfg: Tra
 
 
 def train(cfg: TrainConfig, echo: Echo = print, control: Control | None = None,
-          progress: bool = True) -> TrainResult:
-    """Train a LoRA (or, with cfg.full, the whole model) and return where it went."""
+          progress: bool = True, scorer=None) -> TrainResult:
+    """Train a LoRA (or, with cfg.full, the whole model) and return where it went.
+
+    ``scorer`` is the identity judge of ``--select best``: anything with ``score(images) -> obj.score``
+    (higher is more like the subject). None: dlib face embeddings against the dataset's photos (prep's
+    manifest); the toy world passes its probe.
+    """
     from accelerate import Accelerator
 
     from loracam.models import pick_device
@@ -199,6 +207,7 @@ def train(cfg: TrainConfig, echo: Echo = print, control: Control | None = None,
         echo(f"steps: {summary}")
     model = _load_model(cfg, acc.device)
     run = _Run(cfg, r, acc, data, plan, model, output, echo, control or Control(), progress, resolution)
+    run.custom_scorer = scorer
     return run.execute(summary)
 
 
@@ -224,6 +233,7 @@ class _Run:
         self.result = TrainResult(output, 0, "", main_process=acc.is_main_process)
         self.text_cache: dict[str, torch.Tensor] = {}
         self.best_scores: list = []
+        self.custom_scorer = None
 
     # -- building ------------------------------------------------------------------------------
 
@@ -247,6 +257,7 @@ class _Run:
             "rank": c.rank, "alpha": c.alpha, "conv": (c.conv_dim, c.conv_alpha), "te": self.r.train_text_encoder,
             "targets": c.targets, "full": c.full, "seed": c.seed, "batch": c.batch_size, "accum": c.grad_accum,
             "resolution": self.resolution, "flip": c.flip, "shuffle": c.shuffle_caption,
+            "dropout": c.caption_dropout, "bucket_step": c.bucket_step,
         })
 
     def _save_config(self) -> None:
