@@ -375,13 +375,13 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def _from_pretrained(src: str, name: str, opts: LoadOptions, local_only: bool) -> BaseModel:
+def _from_pretrained(src: str, name: str, opts: LoadOptions, local_only: bool, **components) -> BaseModel:
     from diffusers import StableDiffusionPipeline
 
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             src, local_files_only=local_only, torch_dtype=torch.float32,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False, **components,
         )
     except Exception as exc:
         raise LoracamError(f"could not load the diffusers model {src!r}: {type(exc).__name__}: {exc}") from None
@@ -400,7 +400,11 @@ def _load_toy(value: str, opts: LoadOptions) -> BaseModel:
             "pass --base with a .safetensors checkpoint, a diffusers folder, a hub id, or random:tiny "
             "(an untrained model that renders noise, for trying the commands)"
         )
-    model = _from_pretrained(str(TOY_DIR), "toy", opts, local_only=True)
+    from transformers import CLIPTokenizer
+
+    # The toy model uses SD1.5's tokenizer, which loracam already ships: the package keeps one copy.
+    tokenizer = CLIPTokenizer.from_pretrained(SD15_DIR / "tokenizer")
+    model = _from_pretrained(str(TOY_DIR), "toy", opts, local_only=True, tokenizer=tokenizer)
     model.ref = "toy"
     return model
 

@@ -1,0 +1,287 @@
+"""Build the toy base model from nothing: ``make toy-model`` / ``python -m loracam.toy.build``.
+
+1. Render the base world (no held-out concepts) as a kohya dataset: one PNG and one caption each.
+2. Train the VAE as an autoencoder on those renders. loracam's trainer, like sd-scripts, trains U-Nets and
+   text encoders, not VAEs (SD's VAE was trained once, separately, too), so this step lives here.
+3. Write a diffusers folder: the trained VAE, a random U-Net and CLIP text encoder of the toy's shape,
+   SD1.5's scheduler and tokenizer.
+4. Train U-Net and text encoder together with the public command, ``loracam train --full``.
+5. Export the result in fp16 to ``loracam/toy/model`` (what ``--base toy`` loads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from loracam.models.tiny import SD15_DIR, sd15_config
+from loracam.toy.world import H, W, render, sample_doll, tags
+
+TOY_MODEL_DIR = Path(__file__).resolve().parent / "model"
+
+
+def toy_configs() -> dict[str, dict]:
+    """The toy model's shape: SD1.5's classes, a 4x VAE (64x96 px -> 16x24 latents) and a small U-Net.
+
+    The U-Net keeps SD1.5's four levels but no attention at the 16x24 level (the costly one on a CPU);
+    cross-attention at 8x12 and 4x6 is where prompts steer colours, patterns and framing.
+    """
+    down = ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
+    up = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]
+    unet = sd15_config("unet") | {
+        "block_out_channels": [32, 64, 128, 128], "layers_per_block": 1, "down_block_types": down,
+        "up_block_types": up, "cross_attention_dim": 64, "attention_head_dim": 8, "sample_size": [H // 4, W // 4],
+    }
+    vae = sd15_config("vae") | {
+        "block_out_channels": [16, 32, 64], "norm_num_groups": 16, "layers_per_block": 1, "sample_size": H,
+        "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3,
+    }
+    text_encoder = sd15_config("text_encoder") | {
+        "hidden_size": 64, "intermediate_size": 256, "num_attention_heads": 4, "num_hidden_layers": 4,
+        "projection_dim": 64,
+    }
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "scheduler": sd15_config("scheduler")}
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. the dataset
+
+
+def render_dataset(folder: Path, count: int, seed: int) -> Path:
+    """``count`` base-world dolls as ``folder/1_doll/NNNNNN.png`` + ``.txt`` (kohya layout, 1 repeat)."""
+    sub = folder / "1_doll"
+    sub.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        doll = sample_doll(rng)
+        Image.fromarray(render(doll)).save(sub / f"{i:06d}.png", compress_level=1)
+        (sub / f"{i:06d}.txt").write_text(tags(doll) + "\n", encoding="utf-8")
+    return folder
+
+
+def load_images(folder: Path, limit: int) -> np.ndarray:
+    paths = sorted((folder / "1_doll").glob("*.png"))[:limit]
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. the VAE
+
+
+def train_vae(images: np.ndarray, steps: int, batch: int = 32, lr: float = 2e-3, seed: int = 0, crop: int = 32,
+              finetune_steps: int = 250, echo=print):
+    """An AutoencoderKL of the toy shape trained for reconstruction (L1 + MSE, LDM's tiny KL weight).
+
+    Phase 1 trains on random ``crop``-pixel squares (it is convolutional, and crops cost a fraction of whole
+    images). Phase 2 fine-tunes on whole images: GroupNorm's statistics differ between crops and whole
+    pictures, and without it decoded colours come out shifted (a yellow background turned olive).
+    The scaling factor is set afterwards so the latents have unit variance, as SD's 0.18215 does.
+    """
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL.from_config(toy_configs()["vae"])
+    with torch.no_grad():
+        # Start the posterior nearly deterministic (log-variance -8): with SD's std of 1 at init the
+        # sampled noise drowns the early latents and reconstruction takes several times longer to learn.
+        vae.quant_conv.bias[vae.config.latent_channels:] = -8.0
+    data = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine to zero
+        opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(i, steps) / steps)))
+    rng = np.random.default_rng(seed)
+    vae.train()
+    for step in range(steps):
+        y0, x0 = int(rng.integers(0, H - crop + 1)) // 4 * 4, int(rng.integers(0, W - crop + 1)) // 4 * 4
+        x = data[rng.integers(0, len(data), batch), :, y0:y0 + crop, x0:x0 + crop]
+        loss = _vae_step(vae, opt, x)
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            echo(f"vae step {step}/{steps}: loss {loss:.4f}")
+    ft = torch.optim.AdamW(vae.parameters(), lr=5e-4, weight_decay=0.0)
+    rng = np.random.default_rng(seed + 1)
+    for step in range(finetune_steps):
+        loss = _vae_step(vae, ft, data[rng.integers(0, len(data), batch // 2)])
+        for g in ft.param_groups:
+            g["lr"] = 5e-4 * 0.5 * (1 + np.cos(np.pi * step / finetune_steps))
+        if step % 50 == 0 or step == finetune_steps - 1:
+            echo(f"vae whole-image step {step}/{finetune_steps}: loss {loss:.4f}")
+    vae.eval()
+    with torch.no_grad():
+        z = torch.cat([vae.encode(data[i:i + 64]).latent_dist.mean for i in range(0, min(len(data), 1024), 64)])
+    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    return vae
+
+
+def _vae_step(vae, opt, x: torch.Tensor) -> float:
+    post = vae.encode(x).latent_dist
+    rec = vae.decode(post.sample()).sample
+    loss = (rec - x).abs().mean() + (rec - x).pow(2).mean() + 1e-6 * post.kl().mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. the starting point of the full training
+
+
+def init_folder(vae, folder: Path, seed: int = 0) -> Path:
+    """A diffusers folder: the trained VAE plus a random U-Net and text encoder of the toy shape."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    configs = toy_configs()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config(configs["unet"])
+    te_cfg = {k: v for k, v in configs["text_encoder"].items() if k not in ("architectures", "torch_dtype")}
+    text_encoder = CLIPTextModel(CLIPTextConfig(**te_cfg))
+    pipe = StableDiffusionPipeline(
+        vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=CLIPTokenizer.from_pretrained(SD15_DIR / "tokenizer"),
+        scheduler=DDIMScheduler.from_config(configs["scheduler"]), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. export
+
+
+def export(trained: Path, target: Path = TOY_MODEL_DIR) -> Path:
+    """Copy a trained model (diffusers folder or single-file checkpoint) into the package, weights in fp16.
+
+    fp16 halves the package; loading casts back to fp32 (the toy model runs in fp32 on CPUs). The
+    tokenizer is left out: it is SD1.5's, which the package already holds once.
+    """
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from loracam.models.loader import LoadOptions, load_base
+
+    model = load_base(str(trained), LoadOptions(device=torch.device("cpu"), dtype=torch.float32))
+    pipe = StableDiffusionPipeline(
+        vae=model.vae, unet=model.unet, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
+        scheduler=DDIMScheduler.from_config(model.scheduler_config), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.to(torch.float16)
+    tmp = target.with_name(target.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    shutil.rmtree(tmp / "tokenizer")  # SD1.5's, already in loracam/models/configs/sd15 (the loader uses it)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One ``loracam train --full`` run; each stage starts from the previous one's model."""
+
+    name: str
+    steps: int
+    schedule: str
+    warmup: int
+    extra: tuple[str, ...] = ()
+    scheduler: dict | None = None  # replaces entries of the base's noise schedule before this stage
+
+
+# SD's "scaled_linear" schedule leaves a signal-to-noise ratio of ~0.005 per latent pixel at its last step;
+# summed over the toy's 16x24 latent the *mean* colour is still readable from "pure" noise (SNR ~2), so
+# the model learns to take the background colour from the noise instead of the prompt, and at sampling
+# time (truly pure noise) paints random backgrounds. DDPM's linear schedule ends at ~4e-5 (Lin et al.,
+# "Common diffusion noise schedules and sample steps are flawed", 2023, explain the effect).
+LINEAR_SCHEDULE = {"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02}
+
+
+# Stage 1 learns the world's shapes and colours fast (high LR, cosine) on SD's own noise schedule. Stage 2
+# moves to DDPM's linear schedule (see LINEAR_SCHEDULE) at a constant LR with min-SNR weighting (Hang et
+# al.), which speeds up learning the low-noise detail (patterns, faces). A constant LR also means a stage
+# cut short equals a shorter stage exactly.
+STAGES = (
+    Stage("stage1", 1500, "cosine", 200),
+    Stage("stage2", 4000, "constant", 100, ("--min-snr-gamma", "5"), LINEAR_SCHEDULE),
+)
+
+
+def with_schedule(folder: Path, target: Path, changes: dict) -> Path:
+    """A copy of a diffusers folder whose scheduler config has ``changes`` applied."""
+    if not (target / "model_index.json").exists():
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(folder, target)
+        cfg_path = target / "scheduler" / "scheduler_config.json"
+        cfg_path.write_text(json.dumps(json.loads(cfg_path.read_text()) | changes, indent=2))
+    return target
+
+
+def train_stage(stage: Stage, data: Path, base: Path, out: Path, batch: int, lr: float, seed: int) -> int:
+    cmd = [sys.executable, "-m", "loracam.train", str(data), "--base", str(base), "--full", "-o", str(out),
+           "--resolution", f"{W}x{H}", "--batch-size", str(batch), "--max-steps", str(stage.steps),
+           "--lr", str(lr), "--te-lr", str(lr / 2), "--train-text-encoder", "--lr-scheduler", stage.schedule,
+           "--warmup-steps", str(stage.warmup), "--caption-dropout", "0.1", "--save-every", "500",
+           "--mixed-precision", "no", "--seed", str(seed), "--resume", *stage.extra]
+    print("$ " + " ".join(cmd), flush=True)
+    return subprocess.call(cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m loracam.toy.build", description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("build/toy"), help="where the dataset and runs go")
+    ap.add_argument("--images", type=int, default=20000)
+    ap.add_argument("--vae-steps", type=int, default=1500)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-export", action="store_true", help="leave loracam/toy/model as it is")
+    args = ap.parse_args(argv)
+    times: dict[str, float] = {}
+    work = args.work.resolve()
+    data = work / "data"
+    t = time.time()
+    if not (data / "1_doll" / f"{args.images - 1:06d}.txt").exists():
+        render_dataset(data, args.images, args.seed)
+    times["render"] = time.time() - t
+    init = work / "init"
+    t = time.time()
+    if not (init / "model_index.json").exists():
+        vae = train_vae(load_images(data, 4000), args.vae_steps, seed=args.seed)
+        init_folder(vae, init, seed=args.seed)
+    times["vae"] = time.time() - t
+    base = init
+    for stage in STAGES:
+        out = work / f"toy-{stage.name}"
+        t = time.time()
+        if not (out / "model_index.json").exists():
+            if stage.scheduler:
+                base = with_schedule(base, work / f"toy-{stage.name}-base", stage.scheduler)
+            if train_stage(stage, data, base, out, args.batch_size, args.lr, args.seed) != 0:
+                return 1
+        times[stage.name] = time.time() - t
+        base = out
+    if not args.no_export:
+        export(base)
+    (work / "build_times.json").write_text(json.dumps(times, indent=1))
+    print(f"toy model built: {json.dumps({k: round(v) for k, v in times.items()})} seconds")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

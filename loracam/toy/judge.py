@@ -1,0 +1,114 @@
+"""Quality numbers in the toy world: the probe reads generated images back and counts.
+
+- prompt following: render prompts written from random dolls' tags and check each named attribute;
+- concept fidelity: the share of images in which the probe finds a held-out concept (testdress, myshoes,
+  sks) a LoRA was trained on;
+- placement: the testdress is read, on a full-body doll, with no fabric outside the dress;
+- prior preservation: prompt following of trigger-free prompts with the LoRA loaded, against the base.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import numpy as np
+
+from loracam.toy import world
+from loracam.toy.probe import Probe, labels
+from loracam.toy.world import MYSHOES, SKS, TESTDRESS, Doll
+
+# What prompts steer and the probe checks (identity is not prompted in the base world: faces are untagged).
+FOLLOWED = ("framing", "dress", "pattern", "shoes", "hair", "background")
+CONCEPTS = {TESTDRESS: ("pattern", TESTDRESS), MYSHOES: ("shoes", MYSHOES), SKS: ("face", SKS)}
+NEGATIVE = ""
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    steps: int = 20
+    sampler: str = "DPM++ 2M"
+    cfg: float = 5.0
+    batch: int = 16
+
+
+def render_prompts(model, prompts: Sequence[str], seeds: Sequence[int], library=None,
+                   settings: RenderSettings = RenderSettings()) -> np.ndarray:
+    """Generate one image per (prompt, seed) with loracam's engine; uint8 [N, 96, 64, 3]."""
+    from loracam.generate.api import native_size, render_samples
+    from loracam.generate.request import Sample, Shared
+    from loracam.lora import LoraLibrary
+    from loracam.prompts import extract_networks
+
+    w, h = native_size(model)
+    shared = Shared(w, h, settings.steps, settings.sampler, "Automatic")
+    library = library or LoraLibrary([])
+    out = []
+    for start in range(0, len(prompts), settings.batch):
+        batch = []
+        for p, s in zip(prompts[start:start + settings.batch], seeds[start:start + settings.batch]):
+            batch.append(Sample(p, NEGATIVE, int(s), settings.cfg, tuple(extract_networks(p)[1])))
+        out += [np.asarray(r.image.convert("RGB")) for r in render_samples(model, shared, batch, library)]
+    return np.stack(out)
+
+
+def prompt_dolls(n: int, seed: int, **fixed) -> list[Doll]:
+    """Random base-world dolls whose tags become prompts (``fixed`` pins attributes, e.g. framing)."""
+    rng = np.random.default_rng(seed)
+    return [world.sample_doll(rng, held_out=True, **fixed) for _ in range(n)]
+
+
+def following(probe: Probe, images: np.ndarray, dolls: Sequence[Doll],
+              attrs: Sequence[str] = FOLLOWED) -> dict[str, float]:
+    """Per attribute, the share of images (that show it) in which the probe reads what the prompt named."""
+    reads = probe.read(images)
+    out = {}
+    for a in attrs:
+        pairs = [(r[a], labels(d)[a]) for r, d in zip(reads, dolls) if labels(d)[a] is not None]
+        out[a] = sum(x == y for x, y in pairs) / len(pairs) if pairs else float("nan")
+    return out
+
+
+def fidelity(probe: Probe, images: np.ndarray, concept: str) -> float:
+    """The share of images in which the probe reads ``concept`` (testdress, myshoes or sks)."""
+    attr, value = CONCEPTS[concept]
+    reads = probe.read(images)
+    return sum(r[attr] == value for r in reads) / len(reads)
+
+
+def placement(probe: Probe, images: np.ndarray) -> float:
+    """The share of full-body images that show the testdress as a dress on a doll, not as wallpaper."""
+    reads = probe.read(images)
+    return sum(r["pattern"] == TESTDRESS and r["spill"] == "no" and r["framing"] == "full body"
+               for r in reads) / len(reads)
+
+
+def concept_prompt(doll: Doll, concept: str, lora: str | None = None, weight: float = 1.0) -> tuple[Doll, str]:
+    """The doll wearing ``concept`` and its prompt (trigger in place of the attribute), with a LoRA tag."""
+    field_of = {TESTDRESS: "dress", MYSHOES: "shoes", SKS: "face"}
+    worn = replace(doll, **{field_of[concept]: concept})
+    tag = f" <lora:{lora}:{weight:g}>" if lora else ""
+    return worn, world.tags(worn) + tag
+
+
+@dataclass(frozen=True)
+class ProbeScore:
+    score: float
+
+
+@dataclass(frozen=True)
+class ProbeIdentityScorer:
+    """The trainer's identity judge in the toy world (``train(..., scorer=...)``): share of images read as sks."""
+
+    probe: Probe
+    concept: str = SKS
+
+    def score(self, images) -> ProbeScore:
+        attr, value = CONCEPTS[self.concept]
+        reads = self.probe.read(list(images))
+        return ProbeScore(sum(r[attr] == value for r in reads) / len(reads))
+
+
+def mean(d: dict[str, float]) -> float:
+    vals = [v for v in d.values() if v == v]
+    return sum(vals) / len(vals) if vals else float("nan")
