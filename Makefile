@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 # The stamp's name changes when the dependency files change, so an edit reinstalls and nothing else does.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test bench clean-venv
+.PHONY: setup demo test bench toy-model toy-probe clean-venv
 
 setup: $(STAMP)
 	@:
@@ -23,8 +23,20 @@ $(STAMP): pyproject.toml constraints.txt
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+# The demo never overwrites: the previous run's folder is kept as demo-output.previous.
 demo: setup
-	$(VENV)/bin/loracam demo
+	@if [ -d demo-output ]; then rm -rf demo-output.previous && mv demo-output demo-output.previous; fi
+	$(VENV)/bin/loracam demo -o demo-output
+
+# Rebuild the shipped toy model (loracam/toy/model) and probe (loracam/toy/probe.safetensors) from nothing.
+toy-model: setup
+	$(PY) -m loracam.toy.build
+
+# Two rounds: 3000 steps on one pool of renders, then 2000 more at a lower rate on a fresh pool (round one
+# alone stays under the 98% bar on hair style, so its non-zero exit does not stop the second).
+toy-probe: setup
+	$(PY) -m loracam.toy.probe --steps 3000 --pool 20000 -o loracam/toy/probe.safetensors || true
+	$(PY) -m loracam.toy.probe --init loracam/toy/probe.safetensors --steps 2000 --pool 20000 --lr 5e-4 --seed 1
 
 test: setup
 	$(PY) -m pytest -q

@@ -444,9 +444,11 @@ def _quiet_libraries():
     loggers = [logging.getLogger(n) for n in ("diffusers", "transformers", "huggingface_hub")]
     levels = [lg.level for lg in loggers]
     bars = dlog.is_progress_bar_enabled()  # "Loading pipeline components" is a bar, not a log line
+    tbars = tlog.is_progress_bar_enabled()  # and transformers' "Loading weights"
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -456,3 +458,5 @@ def _quiet_libraries():
             lg.setLevel(lvl)
         if bars:
             dlog.enable_progress_bar()
+        if tbars:
+            tlog.enable_progress_bar()

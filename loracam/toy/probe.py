@@ -184,14 +184,15 @@ def _targets(truths: list[dict]) -> dict[str, torch.Tensor]:
 
 
 def train(pool: int = 30000, steps: int = 3000, batch: int = 64, lr: float = 2e-3, seed: int = 0,
-          echo=print) -> ProbeNet:
+          init: ProbeNet | None = None, echo=print) -> ProbeNet:
+    """Train (or, from ``init``, continue training) the probe on ``pool`` augmented renders."""
     torch.manual_seed(seed)
     t = time.time()
     images, truths = render_set(pool, seed)
     echo(f"rendered {pool} training images in {time.time() - t:.0f} s")
     x_all = to_tensor(images)
     y_all = _targets(truths)
-    net = ProbeNet()
+    net = init if init is not None else ProbeNet()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     g = torch.Generator().manual_seed(seed)
@@ -228,10 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m loracam.toy.probe", description="Train the toy attribute probe.")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--pool", type=int, default=20000)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", type=Path, help="continue from these weights (a second, lower-LR round)")
     ap.add_argument("-o", "--output", type=Path, default=PROBE_PATH)
     args = ap.parse_args(argv)
     t = time.time()
-    net = train(pool=args.pool, steps=args.steps)
+    init = Probe.load(args.init).net.train() if args.init else None
+    net = train(pool=args.pool, steps=args.steps, lr=args.lr, seed=args.seed, init=init)
     took = time.time() - t
     tmp = args.output.with_name(args.output.name + ".partial")
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
