@@ -380,6 +380,9 @@ def train(
     min_snr_gamma: Optional[float] = typer.Option(None, "--min-snr-gamma"),
     prior_loss_weight: Optional[float] = typer.Option(None, "--prior-loss-weight"),
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Random horizontal flips."),
+    caption_dropout: Optional[float] = typer.Option(None, "--caption-dropout",
+                                                    help="Share of samples trained with an empty caption."),
+    bucket_step: Optional[int] = typer.Option(None, "--bucket-step", help="Bucket side step (default 64)."),
     shuffle_caption: Optional[bool] = typer.Option(None, "--shuffle-caption/--no-shuffle-caption"),
     keep_tokens: Optional[int] = typer.Option(None, "--keep-tokens"),
     mixed_precision: Optional[str] = typer.Option(None, "--mixed-precision", help="auto, no, fp16, bf16."),
@@ -407,7 +410,7 @@ def train(
         conv_dim=conv_dim, conv_alpha=conv_alpha, train_text_encoder=train_text_encoder, lr=lr, te_lr=te_lr,
         optimizer=optimizer, lr_scheduler=lr_scheduler, warmup_steps=warmup_steps, noise_offset=noise_offset,
         min_snr_gamma=min_snr_gamma, prior_loss_weight=prior_loss_weight, flip=flip,
-        shuffle_caption=shuffle_caption, keep_tokens=keep_tokens, mixed_precision=mixed_precision,
+        caption_dropout=caption_dropout, bucket_step=bucket_step, shuffle_caption=shuffle_caption, keep_tokens=keep_tokens, mixed_precision=mixed_precision,
         gradient_checkpointing=gradient_checkpointing, save_every_steps=save_every,
         save_every_epochs=save_every_epochs, preview_every=preview_every,
         preview_prompts=tuple(preview_prompt) if preview_prompt else None, select=select, select_k=select_k,
@@ -427,13 +430,53 @@ def train_main() -> None:
     app(["train", *sys.argv[1:]])
 
 
+toy_app = typer.Typer(help="The built-in toy world: its 'photos' and the probe that judges images.",
+                      no_args_is_help=True)
+app.add_typer(toy_app, name="toy")
+
+
+@toy_app.command("photos")
+@user_errors
+def toy_photos(
+    output: Path = typer.Argument(..., help="An empty folder for the photos."),
+    concept: str = typer.Option("testdress", "--concept", help="testdress, myshoes, sks or none."),
+    n: int = typer.Option(12, "-n", help="How many photos."),
+    seed: int = typer.Option(0, "--seed"),
+    size: str = typer.Option("192x288", "--size", help="WIDTHxHEIGHT, 2:3."),
+):
+    """Render 'user photos' of dolls with a held-out concept, plus boxes.json for prep --boxes."""
+    from loracam.toy.photos import write_photos
+
+    w, h = parse_size(size)
+    paths = write_photos(output, concept, n, seed, (w, h))
+    typer.echo(f"wrote {len(paths)} photos of {concept} and boxes.json to {output}/")
+
+
+@toy_app.command("judge")
+@user_errors
+def toy_judge(
+    folder: Path = typer.Argument(..., help="A folder of 64x96 PNGs made with the toy model (e.g. grid cells)."),
+    concept: str = typer.Option("testdress", "--concept", help="testdress, myshoes or sks."),
+    lora: Optional[str] = typer.Option(None, "--lora", help="Group by this LoRA's weight (default: the first)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the numbers as JSON here."),
+):
+    """Read images with the toy probe: how often the concept appears, per LoRA weight."""
+    from loracam.io import atomic_write_bytes
+    from loracam.toy.report import judge_folder, markdown
+
+    judged = judge_folder(folder, concept, lora)
+    typer.echo(markdown(judged))
+    if json_out:
+        atomic_write_bytes(json_out, json.dumps(judged.to_dict(), indent=1).encode())
+
+
 @app.command()
 @user_errors
 def demo(output: Path = typer.Option(Path("demo-output"), "-o", "--output")):
     """Run the main job on the built-in model and write the results to demo-output/."""
     from loracam.studio.demo import run_demo
 
-    run_demo(output, _services(), echo=typer.echo)
+    run_demo(output, echo=typer.echo)
 
 
 def main() -> None:

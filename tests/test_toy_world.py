@@ -117,3 +117,34 @@ def test_renders_thousands_per_second():
             render(doll)
         best = max(best, len(dolls) / (time.perf_counter() - start))
     assert best >= 800, f"{best:.0f} images/s"
+
+
+def test_toy_photos_command_writes_photos_and_boxes_prep_can_use(tmp_path):
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from loracam.cli import app
+    from loracam.data.pose import boxes_from_json
+
+    runner = CliRunner()
+    out = tmp_path / "photos"
+    res = runner.invoke(app, ["toy", "photos", str(out), "--concept", "testdress", "-n", "3", "--seed", "5"])
+    assert res.exit_code == 0, res.output
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert names == ["photo_000.png", "photo_001.png", "photo_002.png"]
+    assert Image.open(out / names[0]).size == (192, 288)
+    boxes = boxes_from_json(out / "boxes.json")  # prep's own validation accepts them
+    assert set(boxes) == set(names) and all({"garment", "full_body"} <= set(b) for b in boxes.values())
+    raw = json.loads((out / "boxes.json").read_text())
+    x0, y0, x1, y1 = raw[names[0]]["garment"]
+    crop = np.asarray(Image.open(out / names[0]).convert("RGB"))[y0:y1, x0:x1]
+    assert (np.abs(crop.astype(int) - RGB["teal"]).sum(axis=2) < 30).mean() > 0.1  # the dress is in its box
+    # the folder is never written twice, and bad input is a clear exit 2
+    again = runner.invoke(app, ["toy", "photos", str(out)])
+    assert again.exit_code == 2 and "already holds toy photos" in again.output
+    bad = runner.invoke(app, ["toy", "photos", str(tmp_path / "x"), "--concept", "hat"])
+    assert bad.exit_code == 2 and "unknown toy concept" in bad.output
+    wide = runner.invoke(app, ["toy", "photos", str(tmp_path / "y"), "--size", "200x200"])
+    assert wide.exit_code == 2 and "2:3" in wide.output

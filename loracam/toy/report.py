@@ -15,7 +15,7 @@ from PIL import Image
 
 from loracam.errors import LoracamError
 from loracam.toy.judge import CONCEPTS
-from loracam.toy.probe import Probe
+from loracam.toy.probe import CLASSES, Probe
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class Judged:
     lora: str | None
     by_weight: dict[float, tuple[int, int]]  # weight -> (images with the concept, images)
     placement: dict[float, float]  # weight -> share read as a testdress worn on a full-body doll
+    probability: dict[float, float]  # weight -> the probe's mean probability of the concept (moves first)
 
     def curve(self) -> list[tuple[float, float]]:
         return [(w, hit / n) for w, (hit, n) in sorted(self.by_weight.items())]
@@ -32,7 +33,8 @@ class Judged:
         return {"concept": self.concept, "lora": self.lora,
                 "fidelity": [[w, round(f, 4)] for w, f in self.curve()],
                 "images": {str(w): n for w, (_, n) in sorted(self.by_weight.items())},
-                "placement": [[w, round(p, 4)] for w, p in sorted(self.placement.items())]}
+                "placement": [[w, round(p, 4)] for w, p in sorted(self.placement.items())],
+                "probability": [[w, round(p, 4)] for w, p in sorted(self.probability.items())]}
 
 
 def judge_folder(folder: Path, concept: str, lora: str | None = None, probe: Probe | None = None) -> Judged:
@@ -59,17 +61,19 @@ def judge_folder(folder: Path, concept: str, lora: str | None = None, probe: Pro
         groups[round(float(weight), 4)].append(image)
     if not groups:
         raise LoracamError(f"no 64x96 PNGs in {folder}; point at a folder of toy-model images")
-    by_weight, placement = {}, {}
+    by_weight, placement, probability = {}, {}, {}
     for w, images in groups.items():
         reads = probe.read(np.stack(images))
+        probs = probe.logits(np.stack(images))[attr].softmax(dim=1)
+        probability[w] = probs[:, CLASSES[attr].index(value)].mean().item()
         by_weight[w] = (sum(r[attr] == value for r in reads), len(reads))
         placement[w] = sum(r["pattern"] == concept and r["spill"] == "no" and r["framing"] == "full body"
                            for r in reads) / len(reads)
-    return Judged(concept, lora, by_weight, placement)
+    return Judged(concept, lora, by_weight, placement, probability)
 
 
 def markdown(j: Judged) -> str:
-    rows = "\n".join(f"| {w:g} | {hit}/{n} | {hit / n:.0%} | {j.placement[w]:.0%} |"
+    rows = "\n".join(f"| {w:g} | {hit}/{n} | {hit / n:.0%} | {j.placement[w]:.0%} | {j.probability[w]:.2f} |"
                      for w, (hit, n) in sorted(j.by_weight.items()))
-    return (f"| LoRA weight | images with {j.concept} | fidelity | worn on a full-body doll |\n"
-            f"|---|---|---|---|\n{rows}\n")
+    return (f"| LoRA weight | images with {j.concept} | fidelity | worn on a full-body doll | probe's p |\n"
+            f"|---|---|---|---|---|\n{rows}\n")
