@@ -88,12 +88,11 @@ def _short(arg: str, out: Path) -> str:
 def _report(out: Path, times: dict[str, float], s: DemoSettings) -> Path:
     fid = json.loads((out / "fidelity.json").read_text())
     curve = fid["fidelity"]
-    place = dict((w, p) for w, p in fid["placement"])
     prob = dict((w, p) for w, p in fid["probability"])
     best = next(((w, f) for w, f in curve if f >= 0.8), None)
     grid = sorted((out / "grid").glob("*.png"))[-1]
     previews = sorted((out / f"{TRIGGER}.previews").glob("*.png"))
-    rows = "\n".join(f"| {w:g} | {f:.0%} | {place.get(w, 0):.0%} | {prob.get(w, 0):.2f} |" for w, f in curve)
+    rows = "\n".join(f"| {w:g} | {f:.0%} | {prob.get(w, 0):.2f} |" for w, f in curve)
     lines = [
         "# loracam demo: a garment LoRA on the built-in toy model", "",
         f"{s.photos} photos of the held-out *testdress* worn by different dolls were prepared the NGA way "
@@ -102,8 +101,8 @@ def _report(out: Path, times: dict[str, float], s: DemoSettings) -> Path:
         "The toy world's attribute probe then read every grid cell.", "",
         "## Fidelity (the probe reads a testdress)", "",
         f"Prompt: `{PROMPT}`.", "",
-        "| LoRA weight | fidelity | worn on a full-body doll | the probe's probability of a testdress |",
-        "|---|---|---|---|", rows, "",
+        "| LoRA weight | fidelity | the probe's probability of a testdress |",
+        "|---|---|---|", rows, "",
         (f"The smallest weight with at least 80% fidelity: **{best[0]:g}** ({best[1]:.0%})." if best else
          "No weight reached 80% fidelity in this short demo run; train longer (`--max-steps`)."), "",
         "## Files", "",
