@@ -133,8 +133,8 @@ def main() -> int:
         row = {}
         for w in (0.6, 0.8, 1.0):
             p = [judge.concept_prompt(x, TESTDRESS, f"td_{name}", w)[1] for x in full]
-            imgs = judge.render_prompts(model, p, range(n_eval), library)
-            row[w] = (judge.fidelity(probe, imgs, TESTDRESS), judge.placement(probe, imgs))
+            reads = probe.read(judge.render_prompts(model, p, range(n_eval), library))
+            row[w] = (judge.share(reads, lambda r: judge.shows(r, TESTDRESS)), judge.share(reads, judge.placed))
         w_best = max(row, key=lambda w: (row[w][0] >= 0.8, -w if row[w][0] >= 0.8 else row[w][0]))
         p = [f"{t} <lora:td_{name}:{w_best:g}>" for t in prior_prompts]
         prior = judge.mean(judge.following(probe, judge.render_prompts(model, p, range(n_eval), library),
@@ -177,10 +177,11 @@ def main() -> int:
         return tags + "".join(f" <lora:{names[c]}:{wts[c]:g}>" for c in wts if wts[c] > 0)
 
     def concept_scores(wts):
-        fb = judge.render_prompts(model, [wear_all(x, wts) for x in full], range(n_eval), library)
-        ub = judge.render_prompts(model, [wear_all(x, wts) for x in upper], range(n_eval), library)
-        return {TESTDRESS: judge.fidelity(probe, fb, TESTDRESS), MYSHOES: judge.fidelity(probe, fb, MYSHOES),
-                SKS: judge.fidelity(probe, ub, SKS)}
+        fb = probe.read(judge.render_prompts(model, [wear_all(x, wts) for x in full], range(n_eval), library))
+        ub = probe.read(judge.render_prompts(model, [wear_all(x, wts) for x in upper], range(n_eval), library))
+        # dress and shoes are judged on full-body images, the face where it is large enough to read
+        return {c: judge.share(reads, lambda r, c=c: judge.shows(r, c))
+                for c, reads in ((TESTDRESS, fb), (MYSHOES, fb), (SKS, ub))}
 
     grid_w = (0.5, 0.75, 1.0)
     combos = {}
@@ -210,8 +211,8 @@ def main() -> int:
         lib = LoraLibrary([lib_dir], models.hash_cache)
         return judge.fidelity(probe, judge.render_prompts(model, face_prompts, range(n_eval), lib), SKS)
 
-    res["face"] = {"fidelity_last": round(face_fidelity(last), 4), "fidelity_selected": round(face_fidelity(sks_lora), 4),
-                   "last_checkpoint": last.name}
+    res["face"] = {"fidelity_last": round(face_fidelity(last), 4),
+                   "fidelity_selected": round(face_fidelity(sks_lora), 4), "last_checkpoint": last.name}
     print("face", res["face"], flush=True)
     res["seconds"] = round(time.time() - t0)
     write_result("toy_quality", res)

@@ -39,8 +39,12 @@ class Bucketing:
     resolution: tuple[int, int] = (512, 512)
     min_size: int = 256
     max_size: int = 1024
-    step: int = 64
+    step: int | None = None  # None: default_step(resolution), 64 for SD sizes
     no_upscale: bool = False
+
+    def __post_init__(self) -> None:
+        if self.step is None:
+            object.__setattr__(self, "step", default_step(self.resolution))
 
     def resolutions(self) -> list[tuple[int, int]]:
         return bucket_resolutions(self.resolution, self.min_size, self.max_size, self.step)

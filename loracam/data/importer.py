@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from loracam.data.buckets import Bucketing, default_step
+from loracam.data.buckets import Bucketing
 from loracam.data.kohya import read_kohya
 from loracam.data.steps import Item, plan_steps
 from loracam.errors import LoracamError
@@ -23,7 +23,7 @@ def import_kohya(root: Path, resolution: tuple[int, int] = (512, 512), batch_siz
                  no_upscale: bool = True) -> dict:
     """The manifest of a kohya dataset folder (nothing is written here)."""
     ds = read_kohya(root)
-    bucketing = Bucketing(resolution, step=default_step(resolution), no_upscale=no_upscale)
+    bucketing = Bucketing(resolution, no_upscale=no_upscale)
     items, subsets, problems = [], [], []
     for s in ds.subsets:
         entries = []

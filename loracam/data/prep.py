@@ -18,7 +18,7 @@ from typing import Callable
 
 from PIL import Image
 
-from loracam.data.buckets import Bucketing, default_step
+from loracam.data.buckets import Bucketing
 from loracam.data.config import PrepConfig
 from loracam.data.geometry import Box, aspect_crop, downscale_to
 from loracam.data.intake import Photo, Rejection, blurry, list_photos, near_duplicates, read_photo
@@ -362,8 +362,7 @@ def _write_crops(root: Path, train_rel: Path, reg_rel: Path, cfg: PrepConfig, re
             img.save(root / crop.file)
             (root / crop.file).with_suffix(CAPTION_EXT).write_text(crop.caption + "\n", encoding="utf-8")
             crop.size = img.size
-            crop.bucket = Bucketing(cfg.resolution, step=default_step(cfg.resolution),
-                                       no_upscale=True).select(*img.size)[0]
+            crop.bucket = Bucketing(cfg.resolution, no_upscale=True).select(*img.size)[0]
             items.append(Item(crop.file, crop.bucket, cfg.reg_repeats if crop.is_reg else cfg.train_repeats, crop.is_reg))
     return items
 

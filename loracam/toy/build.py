@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from loracam.models.loader import TOY_DIR
 from loracam.models.tiny import SD15_DIR, sd15_config
 from loracam.toy.world import H, W, render, sample_doll, tags
 
-TOY_MODEL_DIR = Path(__file__).resolve().parent / "model"
 
 
 def toy_configs() -> dict[str, dict]:
@@ -162,21 +162,17 @@ def init_folder(vae, folder: Path, seed: int = 0) -> Path:
 
 
 def _save_folder(src: Path, target: Path, dtype: torch.dtype) -> None:
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
 
     from loracam.models.loader import LoadOptions, load_base
 
     model = load_base(str(src), LoadOptions(device=torch.device("cpu"), dtype=torch.float32))
-    pipe = StableDiffusionPipeline(
-        vae=model.vae, unet=model.unet, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
-        scheduler=DDIMScheduler.from_config(model.scheduler_config), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = StableDiffusionPipeline(**model.components())
     pipe.to(dtype)
     pipe.save_pretrained(target, safe_serialization=True)
 
 
-def export(trained: Path, target: Path = TOY_MODEL_DIR) -> Path:
+def export(trained: Path, target: Path = TOY_DIR) -> Path:
     """Copy a trained model (diffusers folder or single-file checkpoint) into the package, weights in fp16.
 
     fp16 halves the package; loading casts back to fp32 (the toy model runs in fp32 on CPUs). The

@@ -10,12 +10,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from loracam.toy import world
-from loracam.toy.probe import Probe, labels
+from loracam.toy.probe import Probe, accuracy, labels
 from loracam.toy.world import MYSHOES, SKS, TESTDRESS, Doll
 
 # What prompts steer and the probe checks (identity is not prompted in the base world: faces are untagged).
@@ -61,26 +61,28 @@ def prompt_dolls(n: int, seed: int, **fixed) -> list[Doll]:
 def following(probe: Probe, images: np.ndarray, dolls: Sequence[Doll],
               attrs: Sequence[str] = FOLLOWED) -> dict[str, float]:
     """Per attribute, the share of images (that show it) in which the probe reads what the prompt named."""
-    reads = probe.read(images)
-    out = {}
-    for a in attrs:
-        pairs = [(r[a], labels(d)[a]) for r, d in zip(reads, dolls) if labels(d)[a] is not None]
-        out[a] = sum(x == y for x, y in pairs) / len(pairs) if pairs else float("nan")
-    return out
+    acc = accuracy(probe.read(images), [labels(d) for d in dolls])
+    return {a: acc[a] for a in attrs}
+
+
+def shows(read: dict[str, str], concept: str) -> bool:
+    """Whether one probe reading finds ``concept`` (testdress, myshoes or sks)."""
+    attr, value = CONCEPTS[concept]
+    return read[attr] == value
+
+
+def placed(read: dict[str, str]) -> bool:
+    """Whether one reading is a testdress worn on a full-body doll, not fabric spilled over the picture."""
+    return shows(read, TESTDRESS) and read["spill"] == "no" and read["framing"] == "full body"
+
+
+def share(reads: Sequence[dict[str, str]], test: Callable[[dict[str, str]], bool]) -> float:
+    return sum(map(test, reads)) / len(reads)
 
 
 def fidelity(probe: Probe, images: np.ndarray, concept: str) -> float:
-    """The share of images in which the probe reads ``concept`` (testdress, myshoes or sks)."""
-    attr, value = CONCEPTS[concept]
-    reads = probe.read(images)
-    return sum(r[attr] == value for r in reads) / len(reads)
-
-
-def placement(probe: Probe, images: np.ndarray) -> float:
-    """The share of full-body images that show the testdress as a dress on a doll, not as wallpaper."""
-    reads = probe.read(images)
-    return sum(r["pattern"] == TESTDRESS and r["spill"] == "no" and r["framing"] == "full body"
-               for r in reads) / len(reads)
+    """The share of images in which the probe reads ``concept``."""
+    return share(probe.read(images), lambda r: shows(r, concept))
 
 
 def concept_prompt(doll: Doll, concept: str, lora: str | None = None, weight: float = 1.0) -> tuple[Doll, str]:
@@ -104,9 +106,7 @@ class ProbeIdentityScorer:
     concept: str = SKS
 
     def score(self, images) -> ProbeScore:
-        attr, value = CONCEPTS[self.concept]
-        reads = self.probe.read(list(images))
-        return ProbeScore(sum(r[attr] == value for r in reads) / len(reads))
+        return ProbeScore(fidelity(self.probe, list(images), self.concept))
 
 
 def mean(d: dict[str, float]) -> float:

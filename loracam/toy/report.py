@@ -14,8 +14,9 @@ import numpy as np
 from PIL import Image
 
 from loracam.errors import LoracamError
-from loracam.toy.judge import CONCEPTS
+from loracam.toy.judge import CONCEPTS, placed, share, shows
 from loracam.toy.probe import CLASSES, Probe
+from loracam.toy.world import TESTDRESS
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,8 @@ def judge_folder(folder: Path, concept: str, lora: str | None = None, probe: Pro
         reads = probe.read(np.stack(images))
         probs = probe.logits(np.stack(images))[attr].softmax(dim=1)
         probability[w] = probs[:, CLASSES[attr].index(value)].mean().item()
-        by_weight[w] = (sum(r[attr] == value for r in reads), len(reads))
-        placement[w] = sum(r["pattern"] == concept and r["spill"] == "no" and r["framing"] == "full body"
-                           for r in reads) / len(reads)
+        by_weight[w] = (sum(shows(r, concept) for r in reads), len(reads))
+        placement[w] = share(reads, placed) if concept == TESTDRESS else 0.0  # a garment measure
     return Judged(concept, lora, by_weight, placement, probability)
 
 

@@ -46,12 +46,10 @@ def _render(run, shared: Shared, samples: list[Sample]):
 
 def identity_score(run, step: int, path: Path):
     """Render the trigger K times and score the faces against the training photos (None: no reference)."""
-    from loracam.judge.identity import IdentityScorer
     from loracam.judge.select import CheckpointScore
 
     if not hasattr(run, "_scorer"):
-        ref = run.data.reference_embeddings() if run.custom_scorer is None else None
-        run._scorer = run.custom_scorer or (IdentityScorer(ref) if ref is not None else None)
+        run._scorer = run.custom_scorer or _face_scorer(run.data.reference_embeddings())
         if run._scorer is None:
             run.echo("no face embeddings in the dataset's manifest (prep one with --subject face): "
                      "checkpoints cannot be picked by identity; the last one is kept")
@@ -63,3 +61,10 @@ def identity_score(run, step: int, path: Path):
     samples = [Sample(prompt, "", 10_000 + i, 7.0) for i in range(run.cfg.identity_images)]
     result = run._scorer.score(_render(run, shared, samples))
     return CheckpointScore(step, path, result.score)
+
+
+def _face_scorer(reference):
+    """dlib's face embeddings against prep's reference (None: the dataset has none)."""
+    from loracam.judge.identity import IdentityScorer
+
+    return IdentityScorer(reference) if reference is not None else None

@@ -206,8 +206,7 @@ def train(cfg: TrainConfig, echo: Echo = print, control: Control | None = None,
     if acc.is_main_process:
         echo(f"steps: {summary}")
     model = _load_model(cfg, acc.device)
-    run = _Run(cfg, r, acc, data, plan, model, output, echo, control or Control(), progress, resolution)
-    run.custom_scorer = scorer
+    run = _Run(cfg, r, acc, data, plan, model, output, echo, control or Control(), progress, resolution, scorer)
     return run.execute(summary)
 
 
@@ -219,7 +218,7 @@ def _repeats_text(data) -> str:
 class _Run:
     """The state of one training run; methods are the loop's steps."""
 
-    def __init__(self, cfg, r, acc, data, plan, model, output, echo, control, progress, resolution):
+    def __init__(self, cfg, r, acc, data, plan, model, output, echo, control, progress, resolution, scorer=None):
         from diffusers import DDPMScheduler
 
         self.cfg, self.r, self.acc, self.data, self.plan = cfg, r, acc, data, plan
@@ -233,7 +232,7 @@ class _Run:
         self.result = TrainResult(output, 0, "", main_process=acc.is_main_process)
         self.text_cache: dict[str, torch.Tensor] = {}
         self.best_scores: list = []
-        self.custom_scorer = None
+        self.custom_scorer = scorer  # the identity judge; None: dlib against prep's face embeddings
 
     # -- building ------------------------------------------------------------------------------
 
