@@ -211,18 +211,19 @@ def main() -> int:
     close = judge.prompt_dolls(n_eval, seed=19, framing="close-up")
     last = sorted(loras.glob("sks-step*.safetensors"))[-1]
 
-    def face_fidelity(path: Path, dolls) -> float:
+    def face_fidelity(path: Path) -> tuple[float, float]:
+        """(upper body, close-up) fidelity of one sks checkpoint."""
         lib_dir = work / "ck" / path.stem
         lib_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, lib_dir / "sks.safetensors")
         lib = LoraLibrary([lib_dir], models.hash_cache)
-        prompts = [judge.concept_prompt(x, SKS, "sks", 1.0)[1] for x in dolls]
-        return judge.fidelity(probe, judge.render_prompts(model, prompts, range(n_eval), lib), SKS)
+        return tuple(round(judge.fidelity(probe, judge.render_prompts(
+            model, [judge.concept_prompt(x, SKS, "sks", 1.0)[1] for x in dolls], range(n_eval), lib), SKS), 4)
+            for dolls in (upper, close))
 
-    res["face"] = {"fidelity_last": round(face_fidelity(last, upper), 4),
-                   "fidelity_selected": round(face_fidelity(sks_lora, upper), 4), "last_checkpoint": last.name,
-                   "close_up": {"fidelity_last": round(face_fidelity(last, close), 4),
-                                "fidelity_selected": round(face_fidelity(sks_lora, close), 4)}}
+    (last_ub, last_cu), (sel_ub, sel_cu) = face_fidelity(last), face_fidelity(sks_lora)
+    res["face"] = {"fidelity_last": last_ub, "fidelity_selected": sel_ub, "last_checkpoint": last.name,
+                   "close_up": {"fidelity_last": last_cu, "fidelity_selected": sel_cu}}
     print("face", res["face"], flush=True)
     res["seconds"] = round(time.time() - t0)
     write_result("toy_quality", res)

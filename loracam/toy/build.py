@@ -96,7 +96,7 @@ def train_vae(images: np.ndarray, steps: int, batch: int = 32, lr: float = 2e-3,
         # Start the posterior nearly deterministic (log-variance -8): with SD's std of 1 at init the
         # sampled noise drowns the early latents and reconstruction takes several times longer to learn.
         vae.quant_conv.bias[vae.config.latent_channels:] = -8.0
-    data = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    data = _pixels(images)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine to zero
@@ -138,26 +138,26 @@ def finetune_decoder(vae, images: np.ndarray, steps: int, batch: int = 16, lr: f
     params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
     for q in params:
         q.requires_grad_(True)
-    data = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    data = _pixels(images)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + np.cos(np.pi * min(i, steps) / steps)))
     rng = np.random.default_rng(seed)
     vae.train()
     for step in range(steps):
-        x = data[rng.integers(0, len(data), batch)]
-        with torch.no_grad():  # sampled, as the trainer samples the latents the U-Net learns from
-            z = vae.encode(x).latent_dist.sample()
-        rec = vae.decode(z).sample
-        loss = (rec - x).abs().mean() + (rec - x).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        # The same step as the VAE's own training: with the encoder frozen its latents are sampled (as the
+        # trainer samples the latents the U-Net learns from) and its KL term has no gradient to give.
+        loss = _vae_step(vae, opt, data[rng.integers(0, len(data), batch)])
         sched.step()
         if step % 100 == 0 or step == steps - 1:
-            echo(f"decoder step {step}/{steps}: loss {loss.item():.4f}")
+            echo(f"decoder step {step}/{steps}: loss {loss:.4f}")
     vae.eval()
     vae.requires_grad_(False)
     return vae
+
+
+def _pixels(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] renders as the VAE's input: float [N, 3, H, W] in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def _vae_step(vae, opt, x: torch.Tensor) -> float:
