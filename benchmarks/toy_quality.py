@@ -7,6 +7,9 @@
 3. Fidelity against LoRA weight, 0 to 1.2, for method (a).
 4. Three LoRAs at once (sks + testdress + myshoes) over a weight grid, against each alone.
 5. The face subject: sks fidelity of the last checkpoint and of the one the probe picks.
+6. The VAE's ceiling: each concept's fidelity on true renders after the base's own encode -> decode, in the
+   framings the numbers above judge it in (a LoRA learns the encoder's latents of its photos: one that
+   learned them exactly reaches this; beyond it only by over-driving its weight).
 
 Every LoRA is trained by loracam's trainer from "photos" prepared by ``loracam prep`` (garment and shoes,
 with the renderer's part boxes, since mediapipe finds people, not paper dolls). The face dataset is built
@@ -86,6 +89,11 @@ def train_lora(dataset: Path, out: Path, subject: str, steps: int, save_every: i
     return out
 
 
+# each concept in the framings where the benchmark judges it
+CEILINGS = ((TESTDRESS, "full body"), (TESTDRESS, "upper body"), (MYSHOES, "full body"), (SKS, "upper body"),
+            (SKS, "close-up"))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -113,6 +121,10 @@ def main() -> int:
     base_follow = judge.following(probe, base_imgs, dolls)
     res["base_prompt_following"] = {a: round(v, 4) for a, v in base_follow.items()}
     print("base following", res["base_prompt_following"], flush=True)
+
+    res["vae_ceiling"] = {f"{c}/{fr}": round(judge.vae_ceiling(probe, model, c, fr, n=n_eval), 4)
+                          for c, fr in CEILINGS}
+    print("vae ceiling", res["vae_ceiling"], flush=True)
 
     # ---- the testdress LoRAs, three ways
     photos = work / "photos_testdress"

@@ -4,7 +4,10 @@
 - concept fidelity: the share of images in which the probe finds a held-out concept (testdress, myshoes,
   sks) a LoRA was trained on;
 - placement: the testdress is read, on a full-body doll, with no fabric outside the dress;
-- prior preservation: prompt following of trigger-free prompts with the LoRA loaded, against the base.
+- prior preservation: prompt following of trigger-free prompts with the LoRA loaded, against the base;
+- the VAE's ceiling: how often a concept survives the base's own encode -> decode round trip. A LoRA learns
+  the latents the encoder gives its photos: one that reproduced them exactly would show the concept this
+  often, and it takes a weight above 1 (which exaggerates what was learned) to show it more.
 """
 
 from __future__ import annotations
@@ -107,6 +110,27 @@ class ProbeIdentityScorer:
 
     def score(self, images) -> ProbeScore:
         return ProbeScore(fidelity(self.probe, list(images), self.concept))
+
+
+def round_trip(model, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """uint8 [N, H, W, 3] images encoded (the posterior mean) and decoded by the model's VAE."""
+    import torch
+
+    vae = model.vae
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            x = torch.from_numpy(images[start:start + batch]).to(vae.device, vae.dtype).permute(0, 3, 1, 2)
+            rec = vae.decode(vae.encode(x / 127.5 - 1.0).latent_dist.mean).sample
+            out.append(((rec.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def vae_ceiling(probe: Probe, model, concept: str, framing: str, n: int = 64, seed: int = 23) -> float:
+    """The share of true renders of ``concept`` (worn by random dolls in ``framing``) still read as it
+    after the VAE round trip: what a LoRA that learned its photos' latents exactly would reach."""
+    dolls = [concept_prompt(d, concept)[0] for d in prompt_dolls(n, seed, framing=framing)]
+    return fidelity(probe, round_trip(model, np.stack([world.render(d) for d in dolls])), concept)
 
 
 def mean(d: dict[str, float]) -> float:
