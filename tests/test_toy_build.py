@@ -33,3 +33,48 @@ def test_decoder_finetune_sharpens_the_decoder_and_keeps_the_latent_space():
     assert any(not torch.equal(state[k], v) for k, v in decoder.items())
     assert _recon_error(vae, x) < 0.95 * before
     assert not any(p.requires_grad for p in vae.parameters())  # handed back frozen, as the loader keeps models
+
+
+def _far_from(colours: np.ndarray, images: np.ndarray, dist: float = 60.0) -> float:
+    """Share of pixels farther than ``dist`` (RGB) from every colour in ``colours``."""
+    px = images.reshape(-1, 3).astype(np.float32)[::7]
+    d = np.linalg.norm(px[:, None, :] - colours[None].astype(np.float32), axis=2).min(axis=1)
+    return float((d > dist).mean())
+
+
+def test_open_world_pictures_reach_colours_the_base_world_never_names():
+    from loracam.toy import world
+    from loracam.toy.shapes import open_world
+
+    a, b = open_world(40, seed=1), open_world(40, seed=1)
+    assert a.shape == (40, world.H, world.W, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, open_world(40, seed=2))
+    named = np.array([world.RGB[c] for c in world.RGB if c not in ("teal", "magenta")] + list(world.SKINS))
+    rng = np.random.default_rng(0)
+    dolls = np.stack([render(sample_doll(rng)) for _ in range(40)])
+    assert _far_from(named, dolls) < 0.05  # the base world: its named colours (edges blend a little)
+    assert _far_from(named, a) > 0.3  # the open world: anywhere in the cube
+
+
+def test_every_primitive_draws():
+    from PIL import Image, ImageDraw
+
+    from loracam.toy.shapes import PRIMITIVES
+
+    rng = np.random.default_rng(0)
+    for name, draw in PRIMITIVES.items():
+        img = Image.new("RGB", (64, 64), (0, 0, 0))
+        for _ in range(3):  # colours are random: three tries so that one black shape cannot hide it
+            draw(ImageDraw.Draw(img), rng, 32.0, 32.0, 20.0)
+        assert np.asarray(img).any(), name
+
+
+def test_vae_images_add_the_open_world_only_when_asked(tmp_path):
+    from loracam.toy.build import render_dataset, vae_images
+    from loracam.toy.shapes import open_world
+
+    data = render_dataset(tmp_path / "data", 5, seed=0)
+    base = vae_images(data, 0, seed=0)
+    assert base.shape == (5, 96, 64, 3)  # the shipped model's recipe: base-world renders only
+    mixed = vae_images(data, 6, seed=0)
+    assert np.array_equal(mixed[:5], base) and np.array_equal(mixed[5:], open_world(6, seed=1))

@@ -79,6 +79,18 @@ def load_images(folder: Path, limit: int) -> np.ndarray:
 # 2. the VAE
 
 
+def vae_images(data: Path, open_world: int, seed: int) -> np.ndarray:
+    """What the VAE trains on: 4000 base-world renders, plus ``open_world`` pictures of things the base
+    world never shows (shapes.open_world: a VAE that has seen only the base world cannot encode a new
+    garment, and then no LoRA can learn one)."""
+    images = load_images(data, 4000)
+    if open_world:
+        from loracam.toy.shapes import open_world as pictures
+
+        images = np.concatenate([images, pictures(open_world, seed + 1)])
+    return images
+
+
 def train_vae(images: np.ndarray, steps: int, batch: int = 32, lr: float = 2e-3, seed: int = 0, crop: int = 32,
               finetune_steps: int = 250, echo=print):
     """An AutoencoderKL of the toy shape trained for reconstruction (L1 + MSE, LDM's tiny KL weight).
@@ -342,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=20000)
     ap.add_argument("--vae-steps", type=int, default=1500)
     ap.add_argument("--decoder-steps", type=int, default=1500)
+    ap.add_argument("--open-world", type=int, default=0, metavar="N",
+                    help="add N open-world pictures (loracam/toy/shapes.py) to the VAE's training images; the "
+                         "shipped model was built without them (0)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
@@ -357,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     init = work / "init"
     t = time.time()
     if not (init / "model_index.json").exists():
-        vae = train_vae(load_images(data, 4000), args.vae_steps, seed=args.seed)
+        vae = train_vae(vae_images(data, args.open_world, args.seed), args.vae_steps, seed=args.seed)
         init_folder(vae, init, seed=args.seed)
     times["vae"] = time.time() - t
     base = init
@@ -378,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.time()
     final = work / "toy-final"
     if not (final / "model_index.json").exists():
-        sharpen_decoder(base, final, load_images(data, 4000), args.decoder_steps, seed=args.seed)
+        sharpen_decoder(base, final, vae_images(data, args.open_world, args.seed), args.decoder_steps, seed=args.seed)
     times["decoder"] = time.time() - t
     base = final
     if not args.no_export:
