@@ -27,6 +27,7 @@ from PIL import Image
 
 from loracam.models.loader import TOY_DIR
 from loracam.models.tiny import SD15_DIR, sd15_config
+from loracam.toy.probe import to_tensor
 from loracam.toy.world import H, W, render, sample_doll, tags
 
 
@@ -108,7 +109,7 @@ def train_vae(images: np.ndarray, steps: int, batch: int = 32, lr: float = 2e-3,
         # Start the posterior nearly deterministic (log-variance -8): with SD's std of 1 at init the
         # sampled noise drowns the early latents and reconstruction takes several times longer to learn.
         vae.quant_conv.bias[vae.config.latent_channels:] = -8.0
-    data = _pixels(images)
+    data = to_tensor(images)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine to zero
@@ -150,7 +151,7 @@ def finetune_decoder(vae, images: np.ndarray, steps: int, batch: int = 16, lr: f
     params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
     for q in params:
         q.requires_grad_(True)
-    data = _pixels(images)
+    data = to_tensor(images)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + np.cos(np.pi * min(i, steps) / steps)))
     rng = np.random.default_rng(seed)
@@ -165,11 +166,6 @@ def finetune_decoder(vae, images: np.ndarray, steps: int, batch: int = 16, lr: f
     vae.eval()
     vae.requires_grad_(False)
     return vae
-
-
-def _pixels(images: np.ndarray) -> torch.Tensor:
-    """uint8 [N, H, W, 3] renders as the VAE's input: float [N, 3, H, W] in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def _vae_step(vae, opt, x: torch.Tensor) -> float:

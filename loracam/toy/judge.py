@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from loracam.toy import world
-from loracam.toy.probe import Probe, accuracy, labels
+from loracam.toy.probe import Probe, accuracy, labels, to_tensor, to_uint8
 from loracam.toy.world import MYSHOES, SKS, TESTDRESS, Doll
 
 # What prompts steer and the probe checks (identity is not prompted in the base world: faces are untagged).
@@ -120,9 +120,8 @@ def round_trip(model, images: np.ndarray, batch: int = 64) -> np.ndarray:
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch):
-            x = torch.from_numpy(images[start:start + batch]).to(vae.device, vae.dtype).permute(0, 3, 1, 2)
-            rec = vae.decode(vae.encode(x / 127.5 - 1.0).latent_dist.mean).sample
-            out.append(((rec.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+            x = to_tensor(images[start:start + batch]).to(vae.device, vae.dtype)
+            out.append(to_uint8(vae.decode(vae.encode(x).latent_dist.mean).sample))
     return np.concatenate(out)
 
 

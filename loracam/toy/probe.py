@@ -211,12 +211,17 @@ def train(pool: int = 30000, steps: int = 3000, batch: int = 64, lr: float = 2e-
     return net.eval()
 
 
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """float [N, 3, H, W] in [-1, 1] (any device or dtype) -> uint8 arrays [N, H, W, 3]: to_tensor's inverse."""
+    return ((x.detach().float().cpu().permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+
+
 def evaluate(probe: Probe, n: int = 2000, seed: int = 12345, augmented: bool = False) -> dict[str, float]:
     """Per-attribute accuracy on ``n`` fresh renders (a seed the training never used)."""
     images, truths = render_set(n, seed)
     if augmented:
         x = augment(to_tensor(images), torch.Generator().manual_seed(seed))
-        images = ((x.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+        images = to_uint8(x)
     return accuracy(probe.read(images), truths)
 
 

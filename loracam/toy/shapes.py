@@ -5,8 +5,9 @@ to draw; that is what lets a LoRA teach a new garment. A toy VAE trained on base
 only the base world's 14 colours and 4 patterns: a teal-and-yellow zigzag dress came back from its round
 trip as a green blur, read as the testdress in a third of full-body renders (the sks face mark in 8% of
 upper-body ones, myshoes in 11% of full-body ones), which holds every LoRA below the benchmark's bars at
-weights up to 1. These pictures widen what the VAE has seen without showing it any held-out concept: colours anywhere in the RGB cube, and primitives
-(boxes, ellipses, polygons, wavy and zigzag lines, striped and dotted swatches) from 1.5 to 40 pixels.
+weights up to 1. These pictures widen what the VAE has seen without showing it any held-out concept:
+colours anywhere in the RGB cube, and primitives (boxes, ellipses, polygons, wavy and zigzag lines,
+striped and dotted swatches) from 1.5 to 40 pixels.
 """
 
 from __future__ import annotations
