@@ -310,3 +310,34 @@ def test_gradient_checkpointing_trains_the_same_lora(dataset, tmp_path):
     a, b = tensors(plain), tensors(ckpt)
     assert any(k.startswith("lora_te_") for k in a)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_presets_learning_rates_are_scaled_for_the_toy_base_only_where_the_user_gave_none():
+    from loracam.models import preset_lr_scale
+    from loracam.train.config import PRESETS, resolve
+
+    assert preset_lr_scale(None) == preset_lr_scale("toy") == 20.0
+    assert preset_lr_scale("random:tiny") == 1.0
+    garment = PRESETS["garment"]
+    r = resolve(TrainConfig(subject="garment"), 20.0)
+    assert (r.cfg.lr, r.te_lr) == pytest.approx((garment.lr * 20, garment.te_lr * 20))
+    r = resolve(TrainConfig(subject="garment", lr=3e-4), 20.0)  # the user's rate is theirs
+    assert (r.cfg.lr, r.te_lr) == pytest.approx((3e-4, garment.te_lr * 20))
+    r = resolve(TrainConfig(subject="garment", lr=3e-4, te_lr=1e-5), 20.0)
+    assert (r.cfg.lr, r.te_lr) == pytest.approx((3e-4, 1e-5))
+    r = resolve(TrainConfig(subject="face"), 20.0)  # a frozen text encoder stays frozen
+    assert r.te_lr is None and r.cfg.lr == pytest.approx(PRESETS["face"].lr * 20)
+    assert resolve(TrainConfig(subject="garment")).cfg.lr == garment.lr
+
+
+def test_a_lora_on_the_default_toy_base_trains_at_its_rates_and_says_so(dataset, tmp_path):
+    out, lines = tmp_path / "t.safetensors", []
+    train(cfg(dataset, out, base=None, lr=None, subject="garment", max_steps=1), echo=lines.append, progress=False)
+    saved = json.loads(out.with_name("t.config.json").read_text())["config"]
+    assert saved["lr"] == pytest.approx(2e-3) and saved["te_lr"] == pytest.approx(1e-3)
+    said = [s for s in lines if s.startswith("learning rate:")]
+    assert said and "x20" in said[0] and "--lr 0.002, --te-lr 0.001" in said[0]
+    lines.clear()
+    train(cfg(dataset, tmp_path / "u.safetensors", base=None, lr=4e-4, te_lr=1e-4, subject="garment", max_steps=1),
+          echo=lines.append, progress=False)
+    assert not any(s.startswith("learning rate:") for s in lines)

@@ -145,12 +145,16 @@ class Resolved:
     te_lr: float | None
 
 
-def resolve(cfg: TrainConfig) -> Resolved:
-    """Fill the unset network/optimisation fields from the subject preset (or sd-scripts' defaults)."""
+def resolve(cfg: TrainConfig, lr_scale: float = 1.0) -> Resolved:
+    """Fill the unset network/optimisation fields from the subject preset (or sd-scripts' defaults).
+
+    ``lr_scale`` multiplies the learning rates taken from the preset (not the ones the user gave):
+    the presets are SD1.5's, and a base may need others (models.preset_lr_scale).
+    """
     p = PRESETS.get(cfg.subject or "", GENERIC)
     train_te = cfg.train_text_encoder if cfg.train_text_encoder is not None else p.te_lr is not None
-    lr = cfg.lr if cfg.lr is not None else p.lr
-    te_lr = cfg.te_lr if cfg.te_lr is not None else ((p.te_lr if p.te_lr else lr / 2) if train_te else None)
+    lr = cfg.lr if cfg.lr is not None else p.lr * lr_scale
+    te_lr = cfg.te_lr if cfg.te_lr is not None else ((p.te_lr * lr_scale if p.te_lr else lr / 2) if train_te else None)
     filled = replace(
         cfg,
         rank=cfg.rank or p.rank,
