@@ -41,8 +41,11 @@ toy-probe: setup
 test: setup
 	$(PY) -m pytest -q
 
+# nga_sweep is left out: a study of ~15 min per variant, run by name (benchmarks/README.md)
+BENCHES := gen_overhead prep_speed train_throughput grid_batching toy_quality
+
 bench: setup
-	@set -e; for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b; done
+	@set -e; for b in $(BENCHES); do echo "== $$b"; $(PY) benchmarks/$$b.py; done
 
 clean-venv:
 	rm -rf $(VENV)
