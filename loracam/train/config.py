@@ -143,6 +143,7 @@ class Resolved:
     preset: Preset
     train_text_encoder: bool
     te_lr: float | None
+    lr_scale: float = 1.0  # the factor put on a rate taken from the preset; 1.0 when every rate was given
 
 
 def resolve(cfg: TrainConfig, lr_scale: float = 1.0) -> Resolved:
@@ -165,7 +166,8 @@ def resolve(cfg: TrainConfig, lr_scale: float = 1.0) -> Resolved:
         train_text_encoder=train_te,
         te_lr=te_lr,
     )
-    return Resolved(filled, p, train_te, te_lr)
+    from_preset = cfg.lr is None or (train_te and cfg.te_lr is None)
+    return Resolved(filled, p, train_te, te_lr, lr_scale if from_preset else 1.0)
 
 
 def preset_steps(preset: Preset, train_images: int) -> int:

@@ -191,8 +191,7 @@ def train(cfg: TrainConfig, echo: Echo = print, control: Control | None = None,
 
     from loracam.models import pick_device
 
-    cfg_in = cfg
-    r, scale = _resolve(cfg)
+    r = _resolve(cfg)
     cfg = r.cfg
     check_names(cfg.optimizer, cfg.lr_scheduler)
     dataset = Path(cfg.dataset)
@@ -206,21 +205,20 @@ def train(cfg: TrainConfig, echo: Echo = print, control: Control | None = None,
         summary += f" (gradient accumulation {cfg.grad_accum}, {acc.num_processes} processes)"
     if acc.is_main_process:
         echo(f"steps: {summary}")
-        if scale != 1.0 and (cfg_in.lr is None or (r.train_text_encoder and cfg_in.te_lr is None)):
+        if r.lr_scale != 1.0:
             te = f", --te-lr {r.te_lr:g}" if r.train_text_encoder else ""
-            echo(f"learning rate: the {cfg.subject or 'default'} preset's x{scale:g} for this base "
+            echo(f"learning rate: the {cfg.subject or 'default'} preset's x{r.lr_scale:g} for this base "
                  f"(--lr {cfg.lr:g}{te}); pass --lr and --te-lr to choose your own")
     model = _load_model(cfg, acc.device)
     run = _Run(cfg, r, acc, data, plan, model, output, echo, control or Control(), progress, resolution, scorer)
     return run.execute(summary)
 
 
-def _resolve(cfg: TrainConfig) -> tuple[Resolved, float]:
+def _resolve(cfg: TrainConfig) -> Resolved:
     # Full fine-tunes choose their own rates (the toy build passes them); only LoRAs take a base's scale.
     from loracam.models import preset_lr_scale
 
-    scale = 1.0 if cfg.full else preset_lr_scale(cfg.base)
-    return resolve(cfg, scale), scale
+    return resolve(cfg, 1.0 if cfg.full else preset_lr_scale(cfg.base))
 
 
 def _repeats_text(data) -> str:
