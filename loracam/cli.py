@@ -388,6 +388,9 @@ def train(
     keep_tokens: Optional[int] = typer.Option(None, "--keep-tokens"),
     mixed_precision: Optional[str] = typer.Option(None, "--mixed-precision", help="auto, no, fp16, bf16."),
     gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
+    deterministic: Optional[bool] = typer.Option(
+        None, "--deterministic/--no-deterministic",
+        help="GPU: deterministic kernels (default), so --resume ends exactly as an uninterrupted run."),
     save_every: Optional[int] = typer.Option(None, "--save-every", help="Save a checkpoint every N steps."),
     save_every_epochs: Optional[int] = typer.Option(None, "--save-every-epochs"),
     preview_every: Optional[int] = typer.Option(None, "--preview-every", help="Render previews every N steps."),
@@ -412,7 +415,7 @@ def train(
         optimizer=optimizer, lr_scheduler=lr_scheduler, warmup_steps=warmup_steps, noise_offset=noise_offset,
         min_snr_gamma=min_snr_gamma, prior_loss_weight=prior_loss_weight, flip=flip,
         caption_dropout=caption_dropout, bucket_step=bucket_step, shuffle_caption=shuffle_caption, keep_tokens=keep_tokens, mixed_precision=mixed_precision,
-        gradient_checkpointing=gradient_checkpointing, save_every_steps=save_every,
+        gradient_checkpointing=gradient_checkpointing, deterministic=deterministic, save_every_steps=save_every,
         save_every_epochs=save_every_epochs, preview_every=preview_every,
         preview_prompts=tuple(preview_prompt) if preview_prompt else None, select=select, select_k=select_k,
         seed=seed, device=device, full=full or None, resume=resume or None,

@@ -7,7 +7,9 @@ import os
 import socket
 
 import pytest
-import torch
+
+import loracam  # noqa: F401  before torch: it sets MKL's reproducibility mode, which MKL reads once (loracam.numerics)
+import torch  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

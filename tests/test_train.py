@@ -114,7 +114,9 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(dataset, tmp_path):
     args = [sys.executable, "-m", "loracam.train", str(dataset), "--base", "random:tiny", "-o", str(out),
             "--max-steps", "10", "--resolution", "64x64", "--rank", "4", "--alpha", "2", "--lr", "1e-3",
             "--seed", "3", "--device", "cpu", "--save-every", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    # The killed run starts as a user's would: without the MKL setting this process got from importing loracam,
+    # so an exact resume also shows that `python -m loracam.train` asks MKL for reproducible results itself.
+    env = {**{k: v for k, v in os.environ.items() if k != "MKL_CBWR"}, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     events = out.with_name("killed.events.jsonl")
     deadline = time.time() + 120
@@ -309,7 +311,8 @@ def test_gradient_checkpointing_trains_the_same_lora(dataset, tmp_path):
           echo=lambda s: None, progress=False)
     a, b = tensors(plain), tensors(ckpt)
     assert any(k.startswith("lora_te_") for k in a)
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # the recomputed forward runs the very kernels on the very inputs: checkpointing saves memory, not bits
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_presets_learning_rates_are_scaled_for_the_toy_base_only_where_the_user_gave_none():

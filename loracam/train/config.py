@@ -55,6 +55,7 @@ class TrainConfig:
     cache_latents: bool = True
     channels_last: bool = True
     device: str = "auto"
+    deterministic: bool = True  # CUDA: deterministic kernels, so a resumed run equals an uninterrupted one
     # outputs
     save_every_steps: int | None = None
     save_every_epochs: int | None = None

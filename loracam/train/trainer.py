@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from loracam.config import to_dict
 from loracam.errors import LoracamError
 from loracam.io import atomic_write_bytes
+from loracam.numerics import cpu_note, deterministic_training
 from loracam.train.config import Resolved, TrainConfig, bucket_step, preset_steps, resolve
 from loracam.train.events import EventLog, Progress
 from loracam.train.optim import check_names, make_optimizer, make_scheduler
@@ -205,6 +206,9 @@ def train(cfg: TrainConfig, echo: Echo = print, control: Control | None = None,
         summary += f" (gradient accumulation {cfg.grad_accum}, {acc.num_processes} processes)"
     if acc.is_main_process:
         echo(f"steps: {summary}")
+        note = cpu_note() if device.type == "cpu" else None
+        if note:
+            echo(f"note: {note}")
         if r.lr_scale != 1.0:
             te = f", --te-lr {r.te_lr:g}" if r.train_text_encoder else ""
             echo(f"learning rate: the {cfg.subject or 'default'} preset's x{r.lr_scale:g} for this base "
@@ -312,7 +316,8 @@ class _Run:
             self.events.write("start", total_steps=self.plan.total_steps, resumed_at=pos.step, summary=summary)
         bar = Progress(self.plan.total_steps, pos.step, self.show_progress)
         try:
-            pos = self._loop(pos, optimizer, scheduler, bar)
+            with deterministic_training(acc.device.type, cfg.deterministic):
+                pos = self._loop(pos, optimizer, scheduler, bar)
         finally:
             bar.close()
         self._finish(pos, optimizer, scheduler)
