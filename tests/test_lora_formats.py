@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from loracam.errors import LoracamError
 from loracam.lora import LoraLibrary, LoraModule, LoraStack, kohya_name, random_lora, read_lora, write_kohya
 from loracam.models import HashCache, LoadOptions, build_random, load_base, tiny_configs
+from rounding import delta_bound
 
 CPU32 = LoadOptions(torch.device("cpu"), torch.float32)
 
@@ -55,7 +56,8 @@ def peft_lora(tmp_path_factory):
 def _assert_same_deltas(lora, deltas: dict) -> None:
     assert set(lora.modules) == set(deltas)
     for name, (_, expected) in deltas.items():
-        assert (lora.modules[name].delta() - expected).abs().max() < 1e-6, name
+        module = lora.modules[name]
+        assert ((module.delta() - expected).abs() <= delta_bound(module)).all(), name
 
 
 # ---------------------------------------------------------------------------------------------
