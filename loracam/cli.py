@@ -373,7 +373,7 @@ def train(
     train_text_encoder: Optional[bool] = typer.Option(None, "--train-text-encoder/--freeze-text-encoder"),
     lr: Optional[float] = typer.Option(None, "--lr",
                                        help="U-Net learning rate (default: the preset's; x20 on the toy base)."),
-    te_lr: Optional[float] = typer.Option(None, "--te-lr", help="Text-encoder learning rate (default: the preset's)."),
+    te_lr: Optional[float] = typer.Option(None, "--te-lr", help="Text-encoder learning rate (default: the preset's; without --subject the U-Net's, as sd-scripts)."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="AdamW, AdamW8bit, Prodigy, SGD."),
     lr_scheduler: Optional[str] = typer.Option(None, "--lr-scheduler", help="constant, cosine, linear, ..."),
     warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps"),

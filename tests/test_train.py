@@ -68,7 +68,8 @@ def test_run_writes_a_kohya_lora_with_metadata_events_and_previews(dataset, tmp_
     assert steps == [1, 2, 3, 4, 5, 6]
     assert [p.name for p in res.checkpoints] == ["mylora-step00000002.safetensors", "mylora-step00000004.safetensors"]
     lora = read_lora(out)
-    assert len(lora.modules) == 192 and all(m.dim == 4 and m.alpha == 2.0 for m in lora.modules.values())
+    # no preset: sd-scripts' default trains the text encoder too (the tiny model: 192 U-Net + 4 layers x 6)
+    assert len(lora.modules) == 192 + 24 and all(m.dim == 4 and m.alpha == 2.0 for m in lora.modules.values())
     meta = lora.metadata
     assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "2" and meta["ss_steps"] == "6"
     assert meta["ss_num_train_images"] == "20" and meta["ss_num_reg_images"] == "3"
@@ -148,7 +149,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_p
     out = tmp_path / "nan.safetensors"
     with pytest.raises(LoracamError, match="loss became nan at step 3.*learning rate.*last good checkpoint is"):
         train(cfg(dataset, out, save_every_steps=2), echo=lambda s: None, progress=False)
-    assert not out.exists() and len(read_lora(tmp_path / "nan-step00000002.safetensors").modules) == 192
+    assert not out.exists() and len(read_lora(tmp_path / "nan-step00000002.safetensors").modules) == 192 + 24
 
 
 def test_full_disk_keeps_the_earlier_checkpoint(dataset, tmp_path, monkeypatch):
@@ -252,8 +253,9 @@ def test_one_step_on_full_size_sd15_gives_kohyas_264_modules(tmp_path):
     folder.mkdir(parents=True)
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (128, 128, 3)).astype("uint8")).save(folder / "a.png")
     out = tmp_path / "sd15.safetensors"
+    # no options: sd-scripts' defaults train the text encoder too, so a default LoRA has kohya's 264 modules
     train(TrainConfig(dataset=str(tmp_path / "ds"), output=str(out), base="random:sd15", max_steps=1,
-                      resolution=(128, 128), train_text_encoder=True, device="cpu"), echo=lambda s: None, progress=False)
+                      resolution=(128, 128), device="cpu"), echo=lambda s: None, progress=False)
     with safe_open(str(out), "pt") as f:
         keys = list(f.keys())
     assert len(keys) == 792
@@ -282,7 +284,7 @@ def test_two_processes_share_the_steps(dataset, tmp_path):
     steps = [e["step"] for e in read_events(out.with_name("ddp.events.jsonl")) if e["event"] == "step"]
     assert steps == list(range(1, double.total_steps + 1))
     assert "2 processes" in done.stdout and done.stdout.count("wrote ") == 1
-    assert len(read_lora(out).modules) == 192
+    assert len(read_lora(out).modules) == 192 + 24
 
 
 def test_identity_selection_without_faces_keeps_the_last_and_says_why(dataset, tmp_path):
@@ -331,6 +333,22 @@ def test_presets_learning_rates_are_scaled_for_the_toy_base_only_where_the_user_
     r = resolve(TrainConfig(subject="face"), 20.0)  # a frozen text encoder stays frozen
     assert r.te_lr is None and r.cfg.lr == pytest.approx(PRESETS["face"].lr * 20)
     assert resolve(TrainConfig(subject="garment")).cfg.lr == garment.lr
+
+
+def test_without_a_preset_the_text_encoder_trains_at_the_unet_rate_as_in_sd_scripts():
+    from loracam.train.config import resolve
+
+    r = resolve(TrainConfig())
+    assert r.train_text_encoder and r.te_lr == r.cfg.lr == 1e-4  # sd-scripts: text_encoder_lr = learning_rate
+    r = resolve(TrainConfig(lr=3e-4))
+    assert r.te_lr == 3e-4 and r.lr_scale == 1.0
+    r = resolve(TrainConfig(), 20.0)  # the toy base's scale reaches both through the U-Net's rate
+    assert r.te_lr == r.cfg.lr == pytest.approx(2e-3) and r.lr_scale == 20.0
+    assert resolve(TrainConfig(lr=3e-4), 20.0).te_lr == 3e-4
+    assert not resolve(TrainConfig(train_text_encoder=False)).train_text_encoder
+    assert not resolve(TrainConfig(full=True)).train_text_encoder  # fine_tune.py trains the U-Net unless asked
+    r = resolve(TrainConfig(subject="face", lr=3e-4, train_text_encoder=True), 20.0)  # from the user's rate: unscaled
+    assert r.te_lr == pytest.approx(1.5e-4) and r.lr_scale == 1.0
 
 
 def test_a_lora_on_the_default_toy_base_trains_at_its_rates_and_says_so(dataset, tmp_path):

@@ -41,7 +41,7 @@ class TrainConfig:
     # optimisation
     optimizer: str = "AdamW"
     lr: float | None = None  # U-Net learning rate
-    te_lr: float | None = None  # text-encoder learning rate (default: half the U-Net's, as EasyPhoto)
+    te_lr: float | None = None  # text-encoder learning rate (default: the preset's; without one the U-Net's)
     lr_scheduler: str | None = None
     warmup_steps: int = 0
     weight_decay: float = 1e-2
@@ -107,7 +107,7 @@ class Preset:
     rank: int
     alpha: float
     lr: float
-    te_lr: float | None  # None: the text encoder stays frozen
+    te_lr: float | Literal["unet"] | None  # None: the text encoder stays frozen; "unet": at the U-Net's rate
     targets: str
     lr_scheduler: str
     steps_per_image: int  # max_steps = steps_per_image x training images, clamped to [min_steps, max_steps]
@@ -133,7 +133,9 @@ PRESETS: dict[str, Preset] = {
     "person": Preset(16, 8.0, 1e-4, 5e-5, "kohya", "cosine", 200, 1500, 3000, 0.8),
     "style": Preset(32, 16.0, 1e-4, None, "kohya", "cosine", 100, 1000, 3000, 0.6),
 }
-GENERIC = Preset(4, 1.0, 1e-4, None, "kohya", "constant", 0, 0, 1600, 1.0)  # sd-scripts' defaults
+# sd-scripts' defaults: the text encoder is trained too (network_train_unet_only is off), and its
+# text_encoder_lr falls back to learning_rate: kohya's 264 modules on SD1.5, 72 of them in the text encoder.
+GENERIC = Preset(4, 1.0, 1e-4, "unet", "kohya", "constant", 0, 0, 1600, 1.0)
 
 
 @dataclass(frozen=True)
@@ -154,9 +156,13 @@ def resolve(cfg: TrainConfig, lr_scale: float = 1.0) -> Resolved:
     the presets are SD1.5's, and a base may need others (models.preset_lr_scale).
     """
     p = PRESETS.get(cfg.subject or "", GENERIC)
-    train_te = cfg.train_text_encoder if cfg.train_text_encoder is not None else p.te_lr is not None
+    # A full fine-tune leaves the text encoder alone unless asked, as sd-scripts' fine_tune.py does.
+    default_te = p.te_lr is not None and not cfg.full
+    train_te = cfg.train_text_encoder if cfg.train_text_encoder is not None else default_te
     lr = cfg.lr if cfg.lr is not None else p.lr * lr_scale
-    te_lr = cfg.te_lr if cfg.te_lr is not None else ((p.te_lr * lr_scale if p.te_lr else lr / 2) if train_te else None)
+    scaled_te = train_te and cfg.te_lr is None and isinstance(p.te_lr, float)  # the preset's own te rate
+    te_lr = cfg.te_lr if cfg.te_lr is not None else (_te_rate(p, lr) * (lr_scale if scaled_te else 1.0)
+                                                     if train_te else None)
     filled = replace(
         cfg,
         rank=cfg.rank or p.rank,
@@ -167,8 +173,16 @@ def resolve(cfg: TrainConfig, lr_scale: float = 1.0) -> Resolved:
         train_text_encoder=train_te,
         te_lr=te_lr,
     )
-    from_preset = cfg.lr is None or (train_te and cfg.te_lr is None)
+    from_preset = cfg.lr is None or scaled_te
     return Resolved(filled, p, train_te, te_lr, lr_scale if from_preset else 1.0)
+
+
+def _te_rate(p: Preset, unet_lr: float) -> float:
+    """The text encoder's rate before a base's scale: the preset's, the U-Net's, or half of it (EasyPhoto's
+    ratio) for a preset that keeps the text encoder frozen unless asked."""
+    if p.te_lr == "unet":
+        return unet_lr
+    return p.te_lr if p.te_lr is not None else unet_lr / 2
 
 
 def preset_steps(preset: Preset, train_images: int) -> int:
