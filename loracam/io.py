@@ -31,6 +31,7 @@ def atomic_write(path: Path, write: Callable[[str], None], *, overwrite: bool = 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, new_mode())  # mkstemp's file is private (0600); the published one is an ordinary file
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -46,6 +47,25 @@ def atomic_write(path: Path, write: Callable[[str], None], *, overwrite: bool = 
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux's /proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it, and put it back at once
+    os.umask(mask)
+    return mask
+
+
+def new_mode(folder: bool = False) -> int:
+    """The permissions a file (or folder) created now would get from the user's umask."""
+    return (0o777 if folder else 0o666) & ~umask()
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, overwrite: bool = False) -> Path:

@@ -154,6 +154,21 @@ def test_from_finds_the_checkpoint_by_hash_in_ckpt_dir(tmp_path, tiny):
     assert r.exit_code == 2 and "pass --base PATH" in r.output
 
 
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_written_files_get_the_permissions_of_the_users_umask(tmp_path, mask):
+    import os
+    import stat
+
+    from loracam.io import atomic_write_bytes
+
+    old = os.umask(mask)
+    try:
+        path = atomic_write_bytes(tmp_path / "image.png", b"png")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask  # not the private 0600 of its temporary file
+
+
 def test_atomic_write_reports_a_full_disk_and_leaves_nothing(tmp_path):
     import errno
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -125,9 +127,16 @@ def test_garment_with_reg_and_boxes(garment_photos, tmp_path, analyzers):
 def test_small_shoe_crops_stay_256x384(garment_photos, tmp_path, analyzers):
     photos, boxes = garment_photos
     cfg = PrepConfig(subject="shoes", trigger="myshoes", class_word="shoes", boxes=boxes)
-    prepare(photos, tmp_path / "ds", cfg, analyzers)
+    old = os.umask(0o027)  # a user who keeps files from others: the dataset must follow that, not mkdtemp's 0700
+    try:
+        prepare(photos, tmp_path / "ds", cfg, analyzers)
+    finally:
+        os.umask(old)
     sizes = {Image.open(p).size for p in (tmp_path / "ds" / "img" / "10_myshoes shoes").glob("*.png")}
     assert sizes == {(256, 384)}
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "ds") == 0o750 and mode(tmp_path / "ds" / "img") == 0o750
+    assert mode(tmp_path / "ds" / "manifest.json") == mode(tmp_path / "ds" / "report.md") == 0o640
 
 
 def test_nothing_usable_is_a_clear_error_and_writes_nothing(tmp_path, analyzers):

@@ -9,6 +9,7 @@ failure never leaves half a dataset behind; the photo folder is only ever read.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -25,7 +26,7 @@ from loracam.data.intake import Photo, Rejection, blurry, list_photos, near_dupl
 from loracam.data.kohya import CAPTION_EXT, bucket_size, dataset_toml, subset_dir_name
 from loracam.data.steps import Item, plan_steps
 from loracam.errors import LoracamError
-from loracam.io import atomic_write_bytes
+from loracam.io import atomic_write_bytes, new_mode
 
 MANIFEST = "manifest.json"
 Echo = Callable[[str], None]
@@ -326,6 +327,7 @@ def _write(out_dir: Path, cfg: PrepConfig, photos_dir: Path, records: list[Recor
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
+        os.chmod(tmp, new_mode(folder=True))  # mkdtemp's folder is private (0700); the dataset is not
         train_rel = Path("img") / subset_dir_name(cfg.train_repeats, f"{cfg.trigger} {cfg.class_word}")
         reg_rel = Path("reg") / subset_dir_name(cfg.reg_repeats, cfg.class_word)
         items = _write_crops(tmp, train_rel, reg_rel, cfg, records)

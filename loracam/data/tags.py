@@ -239,7 +239,7 @@ def _write_like(path: Path, data: bytes) -> None:
 
     def write(tmp: str) -> None:
         Path(tmp).write_bytes(data)
-        os.chmod(tmp, mode)  # the temporary file is private (0600); the caption keeps its own permissions
+        os.chmod(tmp, mode)  # an edited caption keeps its own permissions, not the umask's
 
     atomic_write(path, write, overwrite=True)
 
