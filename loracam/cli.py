@@ -476,11 +476,16 @@ def toy_judge(
 
 @app.command()
 @user_errors
-def demo(output: Path = typer.Option(Path("demo-output"), "-o", "--output")):
+def demo(output: Path = typer.Option(Path("demo-output"), "-o", "--output"),
+         steps: Optional[int] = typer.Option(None, "--steps", min=1,
+                                             help="LoRA training steps (default 1600; fewer: a quick, weak LoRA).")):
     """Run the main job on the built-in model and write the results to demo-output/."""
-    from loracam.studio.demo import run_demo
+    from dataclasses import replace
 
-    run_demo(output, echo=typer.echo)
+    from loracam.studio.demo import DemoSettings, run_demo
+
+    settings = DemoSettings() if steps is None else replace(DemoSettings(), steps=steps)
+    run_demo(output, echo=typer.echo, settings=settings)
 
 
 def main() -> None:

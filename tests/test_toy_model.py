@@ -80,37 +80,43 @@ def test_short_lora_training_moves_the_probe_toward_testdress(probe, toy, tmp_pa
                                                              reg=True, resolution=(64, 96),
                                                              boxes=tmp_path / "photos" / "boxes.json"))
     out = tmp_path / "loras" / "td.safetensors"
-    train(TrainConfig(dataset=str(tmp_path / "ds"), output=str(out), subject="garment", max_steps=600,
-                      batch_size=4, lr=2e-3, te_lr=1e-3), echo=lambda s: None, progress=False)
+    # The garment preset's rates on the toy base (x20), held constant: 200 steps are enough to bind the trigger
+    # at weight 1.5 (the probe read 0.96 when this was written; the toy VAE is why weights above 1 help,
+    # benchmarks/README.md), where the preset's cosine decay needs ~1600 (make demo).
+    train(TrainConfig(dataset=str(tmp_path / "ds"), output=str(out), subject="garment", max_steps=200,
+                      batch_size=4, lr_scheduler="constant"), echo=lambda s: None, progress=False)
     library = LoraLibrary([tmp_path / "loras"])
-    with_lora = judge.render_prompts(toy, [p + " <lora:td:1>" for p in prompts], range(8), library)
+    with_lora = judge.render_prompts(toy, [p + " <lora:td:1.5>" for p in prompts], range(8), library)
     after = judge.render_prompts(toy, prompts, range(8))
 
     def p_testdress(images):
         logits = probe.logits(images)["pattern"]
         return logits.softmax(dim=1)[:, CLASSES["pattern"].index(TESTDRESS)].mean().item()
 
-    assert p_testdress(with_lora) > p_testdress(before) + 0.2
+    assert p_testdress(with_lora) > p_testdress(before) + 0.5
     # without the LoRA in the prompt the base renders exactly what it rendered before training
     assert np.array_equal(before, after)
 
 
 def test_demo_runs_end_to_end(tmp_path):
+    """Every step of `make demo` through the public CLI, each reading what the one before wrote. A short LoRA
+    (30 steps: the full 1600 take minutes) shows the plumbing; what training achieves is the test above's."""
     out = tmp_path / "demo-output"
-    proc = subprocess.run([sys.executable, "-m", "loracam.cli", "demo", "-o", str(out)], capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "loracam.cli", "demo", "-o", str(out), "--steps", "30"],
+                          capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for f in ("report.md", "testdress.safetensors", "fidelity.json", "dataset/contact_sheet.png"):
         assert (out / f).exists(), f
-    assert list((out / "testdress.previews").glob("*.png"))
+    assert len(list((out / "testdress.previews").glob("*.png"))) == 3  # every third of the run
+    assert len(list((out / "grid").glob("*.png"))) == 6 * 6 + 1  # the cells and the grid image
+    assert 'lora:testdress=0,0.2,0.4,0.6,0.8,1' in proc.stdout  # the public command it ran
     fid = json.loads((out / "fidelity.json").read_text())
     curve = dict((w, f) for w, f in fid["fidelity"])
-    prob = dict((w, p) for w, p in fid["probability"])
     assert set(curve) == {0.0, 0.2, 0.4, 0.6, 0.8, 1.0}
-    assert curve[0.0] == 0.0 and curve[1.0] > 0.0  # the LoRA, not the base, puts the testdress on
-    assert prob[1.0] > prob[0.0] + 0.2
-    assert "fidelity" in (out / "report.md").read_text()
+    assert curve[0.0] == 0.0  # the base alone never renders the held-out testdress
+    report = (out / "report.md").read_text()
+    assert "| 1 |" in report and "30 steps" in report
     # a second run into the same folder refuses instead of overwriting
     again = subprocess.run([sys.executable, "-m", "loracam.cli", "demo", "-o", str(out)], capture_output=True,
-                           text=True, timeout=120)
+                           text=True, timeout=60)
     assert again.returncode == 2 and "not empty" in again.stdout + again.stderr

@@ -105,7 +105,7 @@ def _report(out: Path, times: dict[str, float], s: DemoSettings) -> Path:
         "| LoRA weight | fidelity | the probe's probability of a testdress |",
         "|---|---|---|", rows, "",
         (f"The smallest weight with at least 80% fidelity: **{best[0]:g}** ({best[1]:.0%})." if best else
-         "No weight reached 80% fidelity in this short demo run; train longer (`--max-steps`)."), "",
+         f"No weight reached 80% fidelity after {s.steps} steps; train longer (`loracam demo --steps 3000`)."), "",
         "## Files", "",
         "- contact sheet of the prepared dataset: `dataset/contact_sheet.png`",
         "- prep's report: `dataset/report.md`",
