@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 # The stamp's name changes when the dependency files change, so an edit reinstalls and nothing else does.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test bench toy-model toy-probe clean-venv
+.PHONY: setup demo test bench gpu-suite toy-model toy-probe clean-venv
 
 setup: $(STAMP)
 	@:
@@ -41,11 +41,16 @@ toy-probe: setup
 test: setup
 	$(PY) -m pytest -q
 
-# nga_sweep is left out: a study of ~15 min per variant, run by name (benchmarks/README.md)
-BENCHES := gen_overhead prep_speed train_throughput grid_batching toy_quality
+# nga_sweep is left out: a study of ~15 min per variant, run by name (benchmarks/README.md);
+# gpu_suite too: it measures a CUDA GPU (make gpu-suite)
+BENCHES := gen_overhead prep_speed train_throughput grid_batching toy_quality numerics_cost
 
 bench: setup
 	@set -e; for b in $(BENCHES); do echo "== $$b"; $(PY) benchmarks/$$b.py; done
+
+# Every GPU number at once (<= 8 min), for a short GPU lease; writes benchmarks/results/gpu_suite.json.
+gpu-suite: setup
+	$(PY) benchmarks/gpu_suite.py
 
 clean-venv:
 	rm -rf $(VENV)

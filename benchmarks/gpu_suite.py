@@ -1,0 +1,280 @@
+"""Every GPU number the README and the issues ask for, in one command that fits a short GPU lease (<= 8 min).
+
+On a CUDA machine: `python benchmarks/gpu_suite.py` -> benchmarks/results/gpu_suite.json, with the device and the
+versions. Sections (a table: later benchmarks such as upscale, ControlNet or the studio add an entry):
+- train: LoRA training on random:sd15 at 512x768, bf16, cached latents: batch 1 with gradient checkpointing
+  (peak memory), batch 8 (samples/s and MFU by shared/docs/perf.md's FLOP counts); the cost of the
+  deterministic kernels that exact resume needs (batch 8 with and without), and whether two deterministic
+  runs come out bit-identical.
+- generate: 512x768, 30 steps, DPM++ 2M Karras, CFG 7, batch 1 and 8 (s/image, MFU), loracam against a plain
+  diffusers pipeline on the same model.
+- grid: a 3x3 LoRA-weight grid batched (one batch of 9, per-sample LoRA weights) against cell by cell.
+Random-weight models of the full SD1.5 architecture run at exactly the speed of trained ones.
+
+On a CPU it runs as a smoke test at tiny sizes (random:tiny, 64x64, a few steps), which the test suite does so
+the script cannot rot; its numbers mean nothing and go to --out (never over the GPU results).
+Usage: python benchmarks/gpu_suite.py [--smoke] [--only train,generate] [--out FILE] [--budget SECONDS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import loracam  # noqa: F401  before torch: reproducible MKL numerics, as every loracam entry point
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, environment  # noqa: E402
+
+# shared/docs/perf.md: GFLOP per unit of work on the full SD1.5 architecture
+GFLOP = {"train_512x768": 2861, "train_512x768_checkpointing": 3839, "image_512x768_30_steps": 81500}
+PEAK_BF16_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "4090": 165}  # dense, perf.md
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The sizes one run measures at: the real ones on a GPU, tiny ones for the CPU smoke test."""
+
+    model: str
+    width: int
+    height: int
+    train_steps: int
+    train_images: int
+    gen_steps: int
+    gen_reps: int
+    grid_steps: int
+    precision: str  # training's mixed precision
+    device: str
+
+
+GPU = Scale("random:sd15", 512, 768, train_steps=20, train_images=16, gen_steps=30, gen_reps=3, grid_steps=20,
+            precision="bf16", device="cuda")
+SMOKE = Scale("random:tiny", 64, 64, train_steps=4, train_images=8, gen_steps=2, gen_reps=1, grid_steps=2,
+              precision="no", device="cpu")
+
+
+def peak_tflops(device_name: str) -> float | None:
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device_name), None)
+
+
+def mfu(units_per_s: float, gflop_per_unit: float, s: Scale) -> float | None:
+    """Achieved FLOP/s over the chip's dense bf16 peak; only for the full-size model on a known GPU."""
+    if s.model != "random:sd15" or (s.width, s.height) != (512, 768) or not torch.cuda.is_available():
+        return None
+    peak = peak_tflops(torch.cuda.get_device_name(0))
+    return round(units_per_s * gflop_per_unit / (peak * 1000), 4) if peak else None
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+def make_dataset(root: Path, s: Scale) -> Path:
+    folder = root / "img" / "1_sks thing"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(s.train_images):
+        Image.fromarray(rng.integers(0, 255, (s.height, s.width, 3)).astype("uint8")).save(folder / f"{i:03d}.png")
+        (folder / f"{i:03d}.txt").write_text(f"sks, thing number {i}")
+    return root
+
+
+def train_run(ds: Path, out: Path, s: Scale, batch: int, checkpointing: bool, deterministic: bool) -> dict:
+    from loracam.train import TrainConfig, train
+    from loracam.train.events import read_events
+
+    cfg = TrainConfig(dataset=str(ds), output=str(out), base=s.model, resolution=(s.width, s.height),
+                      batch_size=batch, max_steps=s.train_steps, lr_scheduler="constant", cache_latents=True,
+                      mixed_precision=s.precision, gradient_checkpointing=checkpointing,
+                      deterministic=deterministic, device=s.device, seed=7)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    train(cfg, echo=lambda line: None, progress=False)
+    steps = [e for e in read_events(out.with_name(out.stem + ".events.jsonl")) if e["event"] == "step"]
+    warm = steps[min(3, len(steps) - 2):]  # the first steps pick kernels and allocate
+    rate = (len(warm) - 1) * batch / (warm[-1]["time"] - warm[0]["time"])
+    gflop = GFLOP["train_512x768_checkpointing" if checkpointing else "train_512x768"]
+    return {"batch": batch, "gradient_checkpointing": checkpointing, "deterministic": deterministic,
+            "steps": len(steps), "samples_per_s": round(rate, 3), "mfu": mfu(rate, gflop, s),
+            "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None}
+
+
+def section_train(s: Scale, work: Path) -> dict:
+    from safetensors.torch import load_file
+
+    ds = make_dataset(work / "ds", s)
+    runs = {
+        "batch1_checkpointing": train_run(ds, work / "b1.safetensors", s, 1, True, True),
+        "batch8": train_run(ds, work / "b8.safetensors", s, 8, False, True),
+        "batch8_again": train_run(ds, work / "b8again.safetensors", s, 8, False, True),
+        "batch8_nondeterministic": train_run(ds, work / "b8fast.safetensors", s, 8, False, False),
+    }
+    a, b, c = (load_file(str(work / f)) for f in ("b8.safetensors", "b8again.safetensors", "b8fast.safetensors"))
+    det = statistics.mean([runs["batch8"]["samples_per_s"], runs["batch8_again"]["samples_per_s"]])
+    return {
+        "model": s.model, "resolution": f"{s.width}x{s.height}", "precision": s.precision, "cached_latents": True,
+        "network": "loracam's default LoRA (kohya targets, rank 4, text encoder trained)", "runs": runs,
+        "deterministic_runs_identical": all(torch.equal(a[k], b[k]) for k in a),
+        "nondeterministic_run_identical": all(torch.equal(a[k], c[k]) for k in a),
+        "deterministic_cost": round(runs["batch8_nondeterministic"]["samples_per_s"] / det, 3),  # >1: it costs
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# generate
+
+
+PROMPT = "masterpiece, best quality, 1girl, red dress, white shoes, blue background"
+NEGATIVE = "lowres, bad anatomy"
+
+
+def load_model(s: Scale):
+    from loracam.models import ModelCache, pick_device, pick_dtype
+
+    models = ModelCache()
+    device = pick_device(s.device)
+    return models, models.get(s.model, device, pick_dtype("auto", device))
+
+
+def timed_reps(fn: Callable[[], None], reps: int) -> float:
+    fn()  # warm-up: kernels, allocations
+    times = []
+    for _ in range(reps):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def section_generate(s: Scale, work: Path) -> dict:
+    from diffusers import StableDiffusionPipeline
+
+    from loracam.generate.engine import render
+    from loracam.generate.request import Sample, Shared
+    from loracam.generate.samplers import build_scheduler
+
+    _, model = load_model(s)
+    shared = Shared(s.width, s.height, s.gen_steps, "DPM++ 2M", "Karras")
+    pipe = StableDiffusionPipeline(**model.components())
+    pipe.scheduler = build_scheduler(model.scheduler_config, "DPM++ 2M", "Karras")
+    pipe.set_progress_bar_config(disable=True)
+    out = {"model": s.model, "size": f"{s.width}x{s.height}", "steps": s.gen_steps, "sampler": "DPM++ 2M Karras",
+           "dtype": str(model.unet.dtype).replace("torch.", "")}
+    for batch in (1, 8):
+        ours = timed_reps(lambda: render(model, shared, [Sample(PROMPT, NEGATIVE, 42 + i, 7.0) for i in range(batch)]),
+                          s.gen_reps) / batch
+        theirs = timed_reps(lambda: pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=s.gen_steps,
+                                         height=s.height, width=s.width, guidance_scale=7.0,
+                                         num_images_per_prompt=batch, generator=torch.Generator().manual_seed(42)),
+                            s.gen_reps) / batch
+        out[f"batch{batch}"] = {"loracam_s_per_image": round(ours, 4), "diffusers_s_per_image": round(theirs, 4),
+                                "ratio": round(ours / theirs, 3),
+                                "mfu": mfu(1 / ours, GFLOP["image_512x768_30_steps"] * s.gen_steps / 30, s)}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# grid
+
+
+def section_grid(s: Scale, work: Path) -> dict:
+    from loracam.generate import GenRequest
+    from loracam.grid import AxisSpec, GridOptions, run_grid
+    from loracam.lora import LoraLibrary, random_lora, write_kohya
+
+    models, model = load_model(s)
+    for name, seed in (("testdress", 1), ("myshoes", 2)):
+        lora = random_lora(model.unet, model.text_encoder, dim=8, alpha=8, seed=seed)
+        write_kohya(work / f"{name}.safetensors", lora, {})
+    library = LoraLibrary([work], models.hash_cache)
+    req = GenRequest(prompt="1girl, full body <lora:testdress:0.4> <lora:myshoes:0.4>", base=s.model,
+                     steps=s.grid_steps, seed=1296893022, width=s.width, height=s.height, sampler="DPM++ 2M",
+                     device=s.device)
+    specs = [AxisSpec.parse("lora:testdress=0.3-0.5 [3]"), AxisSpec.parse("lora:myshoes=0.4,0.45,0.5")]
+    runs = iter(range(1000))
+
+    def grid(batch: int) -> None:  # a fresh folder each time, so the cell cache never answers
+        run_grid(req, specs, GridOptions(batch_size=batch), models, library, work / f"grid-{batch}-{next(runs)}")
+
+    batched, single = timed_reps(lambda: grid(9), s.gen_reps), timed_reps(lambda: grid(1), s.gen_reps)
+    return {"model": s.model, "size": f"{s.width}x{s.height}", "steps": s.grid_steps, "cells": 9,
+            "batched_s": round(batched, 3), "one_by_one_s": round(single, 3), "speedup": round(single / batched, 3)}
+
+
+SECTIONS: dict[str, Callable[[Scale, Path], dict]] = {
+    "train": section_train,
+    "generate": section_generate,
+    "grid": section_grid,
+}
+
+
+def run(scale: Scale, only: list[str], out: Path, budget_s: float) -> dict:
+    """Run the sections in order, writing the JSON after each, so a lease that ends early keeps what ran."""
+    start = time.time()
+    doc = {"benchmark": "gpu_suite", "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "scale": asdict(scale),
+           "environment": environment(), "sections": {}}
+    if torch.cuda.is_available():
+        doc["environment"]["cuda"] = torch.version.cuda
+    for name in only:
+        if time.time() - start > budget_s:
+            doc["sections"][name] = {"skipped": f"the {budget_s:.0f} s budget was spent"}
+            continue
+        work = Path(tempfile.mkdtemp(prefix=f"gpu-suite-{name}-"))
+        t = time.time()
+        try:
+            result = SECTIONS[name](scale, work)
+        except Exception as exc:  # one broken section must not lose the others' numbers
+            result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-2000:]}
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        result["seconds"] = round(time.time() - t, 1)
+        doc["sections"][name] = result
+        doc["total_seconds"] = round(time.time() - start, 1)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"== {name} ({result['seconds']} s)\n{json.dumps(result, indent=2)}", flush=True)
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (the default without CUDA)")
+    ap.add_argument("--only", default=",".join(SECTIONS), help=f"sections, comma-separated: {', '.join(SECTIONS)}")
+    ap.add_argument("--out", type=Path, help="the JSON (default on a GPU: benchmarks/results/gpu_suite.json)")
+    ap.add_argument("--budget", type=float, default=420, help="start no section after this many seconds")
+    args = ap.parse_args(argv)
+    only = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in only if n not in SECTIONS]
+    if unknown:
+        ap.error(f"unknown section {unknown[0]!r}; use {', '.join(SECTIONS)}")
+    smoke = args.smoke or not torch.cuda.is_available()
+    if smoke and args.out is None:
+        ap.error("no CUDA GPU: this runs as a smoke test, whose numbers must not replace the GPU results; "
+                 "give --out FILE")
+    doc = run(SMOKE if smoke else GPU, only, args.out or RESULTS / "gpu_suite.json", args.budget)
+    return 1 if any("error" in v for v in doc["sections"].values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
