@@ -39,7 +39,7 @@ toy-probe: setup
 	$(PY) -m loracam.toy.probe --init loracam/toy/probe.safetensors --steps 2000 --pool 20000 --lr 5e-4 --seed 1
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 # nga_sweep is left out: a study of ~15 min per variant, run by name (benchmarks/README.md);
 # gpu_suite too: it measures a CUDA GPU (make gpu-suite)
