@@ -20,19 +20,22 @@ class DiskFull(LoracamError):
         self.path = Path(path)
 
 
-def atomic_write(path: Path, write: Callable[[str], None], *, overwrite: bool = False) -> Path:
+def atomic_write(path: Path, write: Callable[[str], None], *, overwrite: bool = False,
+                 mode: int | None = None) -> Path:
     """Have ``write(tmp_path)`` produce the file under a temporary name in the same folder, then publish it.
 
     With ``overwrite=False`` the publish is a hard link, which fails with FileExistsError if ``path``
     appeared meanwhile, so a concurrent writer is never clobbered; a crash leaves at most a hidden
     temporary file. ``write`` gets a path rather than bytes so large files are never held in memory twice.
+    The file gets ``mode``, by default what the user's umask gives a new file (not mkstemp's private 0600,
+    nor that of a file ``write`` replaced with its own temporary one, as safetensors does).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, new_mode())  # mkstemp's file is private (0600); the published one is an ordinary file
         write(tmp)
+        os.chmod(tmp, new_mode() if mode is None else mode)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         if overwrite:

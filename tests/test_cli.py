@@ -159,14 +159,19 @@ def test_written_files_get_the_permissions_of_the_users_umask(tmp_path, mask):
     import os
     import stat
 
-    from loracam.io import atomic_write_bytes
+    from safetensors.torch import save_file
+
+    from loracam.io import atomic_write, atomic_write_bytes
 
     old = os.umask(mask)
     try:
         path = atomic_write_bytes(tmp_path / "image.png", b"png")
+        # safetensors replaces the file it is given with its own private temporary: still the umask's mode
+        tensors = atomic_write(tmp_path / "x.safetensors", lambda tmp: save_file({"a": torch.zeros(2)}, tmp))
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask  # not the private 0600 of its temporary file
+    assert stat.S_IMODE(tensors.stat().st_mode) == 0o666 & ~mask
 
 
 def test_atomic_write_reports_a_full_disk_and_leaves_nothing(tmp_path):

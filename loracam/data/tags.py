@@ -235,13 +235,8 @@ def _rewrite(text: str, tags: list[str]) -> str:
 
 
 def _write_like(path: Path, data: bytes) -> None:
-    mode = stat.S_IMODE(path.stat().st_mode)
-
-    def write(tmp: str) -> None:
-        Path(tmp).write_bytes(data)
-        os.chmod(tmp, mode)  # an edited caption keeps its own permissions, not the umask's
-
-    atomic_write(path, write, overwrite=True)
+    """An edited caption keeps its own permissions, not the umask's."""
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), overwrite=True, mode=stat.S_IMODE(path.stat().st_mode))
 
 
 def edit_dataset(root: Path, *, add: Sequence[str] | str = (), remove: Sequence[str] | str = (),
