@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 # The stamp's name changes when the dependency files change, so an edit reinstalls and nothing else does.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test bench gpu-suite toy-model toy-probe clean-venv
+.PHONY: setup demo test bench gpu-suite toy-model toy-probe toy-upscaler toy-locator clean-venv
 
 setup: $(STAMP)
 	@:
@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(PIP) install "torch==2.13.0" 2>&1 | { grep -v "^WARNING: Location" || true; }
 	@$(PIP) install -c constraints.txt -e ".[dev,pose,tag]" 2>&1 | { grep -v "^WARNING: Location" || true; }
 	@# mediapipe 0.10.21 carries the pose model; its metadata pins numpy<2 and opencv-contrib, so no deps.
-	@$(PIP) install -c constraints.txt --no-deps mediapipe==0.10.21 2>&1 | { grep -v "^WARNING: Location" || true; }
+	@# spandrel's metadata asks for torchvision, which would pull a CUDA build of torch: no deps either.
+	@$(PIP) install -c constraints.txt --no-deps mediapipe==0.10.21 spandrel==0.4.2 2>&1 | { grep -v "^WARNING: Location" || true; }
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -37,6 +38,13 @@ toy-model: setup
 toy-probe: setup
 	$(PY) -m loracam.toy.probe --steps 3000 --pool 20000 -o loracam/toy/probe.safetensors || true
 	$(PY) -m loracam.toy.probe --init loracam/toy/probe.safetensors --steps 2000 --pool 20000 --lr 5e-4 --seed 1
+
+# The toy world's finishing models: a Real-ESRGAN compact x4 (~10 min on 2 cores) and the part locator (~5 min).
+toy-upscaler: setup
+	$(PY) -m loracam.toy.upscaler
+
+toy-locator: setup
+	$(PY) -m loracam.toy.locator
 
 test: setup
 	$(PY) -m pytest -q --durations=10

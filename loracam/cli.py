@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
@@ -10,64 +9,12 @@ from typing import List, Optional
 
 import typer
 
+from loracam.cli_finish import COMMANDS as FINISH_COMMANDS, DETAIL_HELP, detail_passes
+from loracam.cli_util import StepBar, asdict, parse_size, services, user_errors
 from loracam.errors import LoracamError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="loracam: a LoRA photo studio. Prepare photos, train LoRAs, compose, grid, finish.")
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code)
-
-
-def user_errors(fn):
-    """Turn LoracamError into a one-line message and a non-zero exit, never a traceback."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except LoracamError as exc:
-            _fail(str(exc), exc.exit_code)
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
-    return wrapper
-
-
-def parse_size(text: str | None) -> tuple[int | None, int | None]:
-    if text is None:
-        return None, None
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise LoracamError(f"bad --size {text!r}; write WIDTHxHEIGHT, e.g. 512x768") from None
-    return w, h
-
-
-def _services():
-    from loracam.models import HashCache, ModelCache, default_cache_path
-
-    return ModelCache(HashCache(default_cache_path()))
-
-
-class _Bar:
-    """A tqdm progress bar over all sampling steps of a run, shown from the first step on (so errors
-    found while loading are not printed under an empty bar)."""
-
-    def __init__(self, total: int):
-        self.total = total
-        self.bar = None
-
-    def __call__(self, i: int, n: int) -> None:
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=self.total, unit="step", dynamic_ncols=True, file=sys.stderr)
-        self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 @app.command()
@@ -90,6 +37,17 @@ def gen(
     mask: Optional[Path] = typer.Option(None, "--mask", help="Inpainting mask: white is repainted."),
     denoising: Optional[float] = typer.Option(None, "--denoising", help="img2img strength, 0-1."),
     mask_blur: Optional[int] = typer.Option(None, "--mask-blur"),
+    hires_scale: Optional[float] = typer.Option(None, "--hires-scale", help="Hires fix: upscale by (A1111's 2)."),
+    hires_resize: Optional[str] = typer.Option(None, "--hires-resize", help="Hires fix: to WIDTHxHEIGHT instead."),
+    hires_upscaler: Optional[str] = typer.Option(None, "--hires-upscaler",
+                                                 help="Latent (default), Latent (bicubic), ..., Lanczos, an upscaler file"),
+    hires_steps: Optional[int] = typer.Option(None, "--hires-steps", help="Second-pass steps (0: as the first)."),
+    upscaler_dir: Optional[List[Path]] = typer.Option(None, "--upscaler-dir", help="Where upscalers are found by name."),
+    detail: Optional[List[str]] = typer.Option(None, "--detail", help=DETAIL_HELP),
+    detail_denoising: float = typer.Option(0.4, "--detail-denoising", help="Detail passes' denoising strength."),
+    detail_confidence: float = typer.Option(0.3, "--detail-confidence", help="Detail passes' detection threshold."),
+    detail_padding: Optional[int] = typer.Option(None, "--detail-padding", help="Pixels around a region (32 at 512)."),
+    detail_mask_blur: Optional[int] = typer.Option(None, "--detail-mask-blur", help="Mask blur (4 at 512)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32, fp16, bf16."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .ckpt checkpoints (loaded weights-only)."),
@@ -112,11 +70,13 @@ def gen(
         clip_skip=clip_skip, init_image=str(init_image) if init_image else None,
         mask=str(mask) if mask else None, denoising=denoising, mask_blur=mask_blur, device=device,
         precision=precision, allow_pickle=allow_pickle or None,
-        lora_dirs=tuple(map(str, lora_dir)) if lora_dir else None,
+        lora_dirs=tuple(map(str, lora_dir)) if lora_dir else None, **hires_flags(
+            hires_scale, hires_resize, hires_upscaler, hires_steps, upscaler_dir),
+        detail=detail_passes(detail, detail_denoising, detail_confidence, detail_padding, detail_mask_blur),
     )
     flags = {k: v for k, v in flags.items() if v is not None}
     check_writable_dir(output)  # fail before minutes of rendering; created when the first image is saved
-    models = _services()
+    models = services()
     warnings: list[str] = []
     if from_image is not None:
         info = read_png_infotext(from_image)
@@ -125,13 +85,13 @@ def gen(
         warnings += check_lora_hashes(info, library)
     else:
         req = load_toml(GenRequest, config) if config else GenRequest()
-        req = from_dict(GenRequest, {**_asdict(req), **flags}, where="gen options")
+        req = from_dict(GenRequest, {**asdict(req), **flags}, where="gen options")
         if not req.prompt:
             raise LoracamError("give a prompt (or --from IMAGE.png, or a --config with prompt = ...)")
         library = LoraLibrary([Path(d) for d in req.lora_dirs], models.hash_cache)
     for w in warnings:
         typer.secho(f"warning: {w}", err=True, fg=typer.colors.YELLOW)
-    bar = _Bar(total=_total_steps(req))
+    bar = StepBar(total=_total_steps(req))
     try:
         result = generate(req, models, library, progress=bar)
     finally:
@@ -142,15 +102,18 @@ def gen(
         typer.echo(str(path))
 
 
-def _asdict(obj) -> dict:
-    import dataclasses
-
-    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-
-
 def _total_steps(req) -> int:
-    per_image = req.steps if req.init_image is None else max(1, int(req.steps * req.denoising))
+    from loracam.generate.hires import total_steps
+
+    per_image = total_steps(req.steps, req.hires) if req.init_image is None else max(1, int(req.steps * req.strength))
     return per_image * req.batch_count  # the bar counts steps of each batch once
+
+
+def hires_flags(scale, resize, upscaler, steps, upscaler_dir) -> dict:
+    """The hires options as GenRequest fields (None where not given)."""
+    return dict(hires_scale=scale, hires_resize=tuple(v or 0 for v in parse_size(resize)) if resize else None,
+                hires_upscaler=upscaler, hires_steps=steps,
+                upscaler_dirs=tuple(map(str, upscaler_dir)) if upscaler_dir else None)
 
 
 @app.command()
@@ -175,6 +138,12 @@ def grid(
     cfg: Optional[float] = typer.Option(None, "--cfg"),
     size: Optional[str] = typer.Option(None, "--size"),
     clip_skip: Optional[int] = typer.Option(None, "--clip-skip"),
+    denoising: Optional[float] = typer.Option(None, "--denoising", help="The hires pass's strength (0.7)."),
+    hires_scale: Optional[float] = typer.Option(None, "--hires-scale"),
+    hires_resize: Optional[str] = typer.Option(None, "--hires-resize"),
+    hires_upscaler: Optional[str] = typer.Option(None, "--hires-upscaler"),
+    hires_steps: Optional[int] = typer.Option(None, "--hires-steps"),
+    upscaler_dir: Optional[List[Path]] = typer.Option(None, "--upscaler-dir"),
     device: Optional[str] = typer.Option(None, "--device"),
     precision: Optional[str] = typer.Option(None, "--precision"),
     output: Path = typer.Option(Path("outputs/grids"), "-o", "--output"),
@@ -189,7 +158,8 @@ def grid(
     width, height = parse_size(size)
     fields = dict(prompt=prompt, negative=negative, base=base, seed=seed, sampler=sampler, schedule=schedule,
                   steps=steps, cfg=cfg, width=width, height=height, clip_skip=clip_skip, device=device,
-                  precision=precision, lora_dirs=tuple(map(str, lora_dir)) if lora_dir else None)
+                  precision=precision, lora_dirs=tuple(map(str, lora_dir)) if lora_dir else None, denoising=denoising,
+                  **hires_flags(hires_scale, hires_resize, hires_upscaler, hires_steps, upscaler_dir))
     req = from_dict(GenRequest, {k: v for k, v in fields.items() if v is not None}, where="grid options")
     if seeds is not None and seeds < 1:
         raise LoracamError("--seeds must be at least 1")
@@ -199,10 +169,10 @@ def grid(
     if seeds is None and not any(specs):
         raise LoracamError("give at least one axis (--x TYPE=VALUES) or --seeds N")
     check_writable_dir(output)
-    models = _services()
+    models = services()
     library = LoraLibrary([Path(d) for d in req.lora_dirs], models.hash_cache)
     opts = GridOptions(keep_random_seeds=keep_random_seeds, vary_seeds=vary_seeds, batch_size=batch_size, force=force)
-    bar = _Bar(total=0)
+    bar = StepBar(total=0)
     result = run_grid(req, specs, opts, models, library, output, seeds=seeds,
                       progress=lambda i, n: (setattr(bar, "total", n), bar(i, n)))
     bar.close()
@@ -309,7 +279,7 @@ def prep(
                  long_garment=long_garment, tagger=tagger, tagger_model=tagger_model,
                  keep=tuple(keep) if keep else None, force=force or None,
                  resolution=list(parse_size(resolution)) if resolution else None)
-    base = _asdict(load_toml(PrepConfig, config)) if config else {}
+    base = asdict(load_toml(PrepConfig, config)) if config else {}
     cfg = from_dict(PrepConfig, {**base, **{k: v for k, v in flags.items() if v is not None}}, where="prep options")
     from loracam.data.prep import prepare
 
@@ -420,7 +390,7 @@ def train(
         preview_prompts=tuple(preview_prompt) if preview_prompt else None, select=select, select_k=select_k,
         seed=seed, device=device, full=full or None, resume=resume or None,
     )
-    base_cfg = _asdict(load_toml(TrainConfig, config)) if config else {}
+    base_cfg = asdict(load_toml(TrainConfig, config)) if config else {}
     cfg = from_dict(TrainConfig, {**base_cfg, **{k: v for k, v in flags.items() if v is not None}},
                     where="train options")
     result = run_training(cfg, echo=typer.echo)
@@ -486,6 +456,10 @@ def demo(output: Path = typer.Option(Path("demo-output"), "-o", "--output"),
 
     settings = DemoSettings() if steps is None else replace(DemoSettings(), steps=steps)
     run_demo(output, echo=typer.echo, settings=settings)
+
+
+for _command in FINISH_COMMANDS:  # upscale, detail: their own module keeps this one short
+    app.command()(_command)
 
 
 def main() -> None:

@@ -91,7 +91,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         items = [_coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)
+        return value if isinstance(value, tp) else from_dict(tp, value, where)
     if tp is Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):

@@ -332,9 +332,9 @@ def test_axis_errors(kind, values, message):
 
 def test_unknown_axis_type_lists_every_type():
     with pytest.raises(LoracamError) as e:
-        parse_axis("Hires steps", "1", BASE)
+        parse_axis("Refiner checkpoint", "1", BASE)  # an A1111 axis loracam does not have
     text = str(e.value)
-    assert text.startswith("unknown axis type 'Hires steps'; valid types")
+    assert text.startswith("unknown axis type 'Refiner checkpoint'; valid types")
     assert all(name in text for name in AXIS_TYPES)
     assert "cfg" in text  # and the short names
 

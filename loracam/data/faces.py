@@ -132,6 +132,11 @@ class FaceAnalyzer:
         face = Face(largest.box, largest.score, self._fit_landmarks(photo, largest.box))
         return FaceFinding(face, None, len(hits))
 
+    def all_faces(self, image: Image.Image) -> list[tuple[Box, float]]:
+        """Every face found (box, HOG score), largest first; a detail pass treats each in turn."""
+        hits = self._faces(_rgb(image), self.upsample)
+        return [(h.box, h.score) for h in sorted(hits, key=lambda h: h.box.area, reverse=True)]
+
     def _faces(self, photo: np.ndarray, upsample: int) -> list[_Hit]:
         """HOG hits that count as faces: strong ones outright, weak ones once the CNN agrees."""
         hits = self._hog_hits(photo, upsample)

@@ -12,6 +12,7 @@ from PIL import Image
 from loracam import __version__
 from loracam.errors import LoracamError
 from loracam.generate.engine import InitImages, Progress, render
+from loracam.generate.hires import from_infotext as hires_from_infotext
 from loracam.generate.images import load_image, save_png
 from loracam.generate.infotext import Infotext, format_infotext, parse_lora_hashes, parse_size
 from loracam.generate.request import GenRequest, Sample, Shared, resolve_seed, samples_of
@@ -58,15 +59,46 @@ def generate(req: GenRequest, models: ModelCache, library: LoraLibrary | None = 
     library = library or LoraLibrary([Path(d) for d in req.lora_dirs], models.hash_cache)
     sampler, schedule = parse_sampler(req.sampler, req.schedule)
     shared = Shared(req.width, req.height, req.steps, sampler, schedule, req.clip_skip,
-                    req.denoising if req.init_image else None, req.mask_blur)
+                    req.strength if req.init_image else None, req.mask_blur, req.hires)
     init = _init_images(req)
     _check_inpainting(model, init)
     samples = samples_of(req, resolve_seed(req.seed))
     result = GenResult([], model)
+    detectors = None
     for start in range(0, len(samples), req.batch_size):
         batch = samples[start : start + req.batch_size]
-        result.images += render_samples(model, shared, batch, library, init, progress, result.warnings)
+        rendered = render_samples(model, shared, batch, library, init, progress, result.warnings)
+        if req.detail:
+            from loracam.finish.detect import Detectors
+
+            detectors = detectors or Detectors()
+            rendered = [detail_rendered(r, s, shared, req.detail, model, library, detectors, result.warnings)
+                        for r, s in zip(rendered, batch)]
+        result.images += rendered
     return result
+
+
+def detail_rendered(r: Rendered, s: Sample, shared: Shared, passes, model: BaseModel, library: LoraLibrary,
+                    detectors, warnings: list[str]) -> Rendered:
+    """A rendered image after its detail passes, with ADetailer's keys in its infotext."""
+    from loracam.finish.detail import ImageParams, run_passes
+    from loracam.generate.infotext import parse_infotext
+
+    size = shared.hires.size(shared.width, shared.height, model.vae_scale_factor) if shared.hires else None
+    made = ImageParams(s.prompt, s.negative, s.seed, s.cfg, shared.steps, shared.sampler, shared.schedule,
+                       shared.clip_skip, size or (shared.width, shared.height), "toy" if model.name == "toy" else None)
+    done = run_passes(r.image, made, passes, model, library, detectors, f"the image of seed {s.seed}")
+    warnings += done.notes
+    return Rendered(done.image, r.seed, with_params(parse_infotext(r.infotext), done.params))
+
+
+def with_params(info, extra: dict) -> str:
+    """An infotext with ``extra`` keys added before its Version, as A1111 orders extension keys."""
+    params = {k: v for k, v in info.params.items() if k != "Version"}
+    params.update(extra)
+    if "Version" in info.params:
+        params["Version"] = info.params["Version"]
+    return format_infotext(info.prompt, info.negative, params)
 
 
 def render_samples(model: BaseModel, shared: Shared, samples: Sequence[Sample], library: LoraLibrary,
@@ -104,6 +136,7 @@ def infotext_params(model: BaseModel, shared: Shared, s: Sample, lora_hashes: di
         "Model": model.name,
         "Denoising strength": f"{shared.denoising:g}" if shared.denoising is not None else None,
         "Mask blur": shared.mask_blur if shared.denoising is not None and shared.mask_blur != 4 else None,
+        **(shared.hires.infotext() if shared.hires is not None else {}),
         "Clip skip": shared.clip_skip if shared.clip_skip > 1 else None,
         "Lora hashes": ", ".join(f"{n}: {h}" for n, h in lora_hashes.items()) or None,
         "Version": f"loracam {__version__}",
@@ -142,7 +175,14 @@ def request_from_infotext(info: Infotext, base: str | None, ckpt_dirs: Sequence[
             steps=int(p.get("Steps", 20)), cfg=float(p.get("CFG scale", 7)), seed=int(p.get("Seed", -1)),
             width=width, height=height, clip_skip=int(p.get("Clip skip", 1)),
         )
-        if "Denoising strength" in p and "Hires upscale" not in p:
+        from loracam.finish.detail import from_infotext as detail_from_infotext
+
+        fields["detail"] = detail_from_infotext(p)
+        hires = hires_from_infotext(p, tuple(overrides.get("upscaler_dirs") or ()))
+        if hires is not None:
+            fields.update(hires_scale=hires.scale, hires_resize=hires.resize, hires_upscaler=hires.upscaler,
+                          hires_steps=hires.steps, denoising=hires.denoising)
+        elif "Denoising strength" in p:
             fields["denoising"] = float(p["Denoising strength"])
             if overrides.get("init_image") is None:
                 raise LoracamError(

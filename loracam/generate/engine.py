@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import inspect
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -29,10 +29,12 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class InitImages:
-    """img2img / inpainting inputs, already at the target size."""
+    """img2img / inpainting inputs, already at the target size; or, for a hires pass, latents per sample."""
 
-    image: Image.Image
+    image: Image.Image | None = None
     mask: Image.Image | None = None  # "L": white is repainted
+    latents: torch.Tensor | None = None  # [samples, C, h, w]: img2img starts from these instead of the image
+    composite: bool = True  # paste the original back outside the mask (a detail pass does it at full size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,6 +75,27 @@ def render(
     progress: Progress | None = None,
 ) -> list[Image.Image]:
     """Render ``samples`` as one batch and return PIL images (decoded, composited for inpainting)."""
+    with torch.inference_mode():
+        if shared.hires is None:
+            latents = render_latents(model, shared, samples, lora_stack, lora_weights, init, progress)
+        else:
+            from loracam.generate.hires import second_pass, upscale_latents
+
+            first = render_latents(model, replace(shared, hires=None), samples, lora_stack, lora_weights, None, progress)
+            big = upscale_latents(model, shared, first, shared.hires)
+            latents = render_latents(model, second_pass(shared, shared.hires, model), samples, lora_stack,
+                                     lora_weights, InitImages(latents=big), progress)
+        pixels = decode(model, latents)
+    images = to_pil(pixels)
+    if init is not None and init.mask is not None and init.composite:
+        images = [_composite(init, im, shared.mask_blur) for im in images]
+    return images
+
+
+def render_latents(model: BaseModel, shared: Shared, samples: Sequence[Sample], lora_stack=None,
+                   lora_weights: torch.Tensor | None = None, init: InitImages | None = None,
+                   progress: Progress | None = None) -> torch.Tensor:
+    """One sampling pass over ``samples``: the final latents, not decoded."""
     with torch.inference_mode(), lora_mode(lora_stack, lora_weights) as set_rows:
         encoder = PromptEncoder(model.tokenizer, model.text_encoder, shared.clip_skip)
         te_keys = [tuple(w[:, 0].tolist()) for w in lora_weights] if set_rows else None
@@ -80,12 +103,7 @@ def render(
             encoder, [s.prompt for s in samples], [s.negative for s in samples], shared.steps,
             te_keys, (lambda rows: set_rows("te", rows)) if set_rows else None,
         )
-        latents = _sample(model, shared, samples, plan, set_rows, init, progress)
-        pixels = decode(model, latents)
-    images = to_pil(pixels)
-    if init is not None and init.mask is not None:
-        images = [_composite(init, im, shared.mask_blur) for im in images]
-    return images
+        return _sample(model, shared, samples, plan, set_rows, init, progress)
 
 
 def _generators(samples: Sequence[Sample]) -> list[torch.Generator]:
@@ -113,7 +131,10 @@ def _sample(model, shared, samples, plan: CondPlan, set_rows, init, progress) ->
         latents = noise * sched.init_noise_sigma
     else:
         timesteps = _img2img_timesteps(sched, shared)
-        init_latents = encode_image(model, init.image).expand(len(samples), -1, -1, -1)
+        if init.latents is not None:
+            init_latents = init.latents.to(model.device, model.dtype)
+        else:
+            init_latents = encode_image(model, init.image).expand(len(samples), -1, -1, -1)
         latents = sched.add_noise(init_latents, noise, timesteps[:1].repeat(len(samples)))
         if init.mask is not None:
             inpaint = _Inpaint.prepare(model, init, init_latents, noise, shared.mask_blur)

@@ -7,6 +7,8 @@ import random
 from dataclasses import dataclass, field, replace
 
 from loracam.errors import LoracamError
+from loracam.finish.detail import DetailPass
+from loracam.generate.hires import DEFAULT_DENOISING, HiresFix
 from loracam.generate.samplers import parse_sampler
 from loracam.prompts import LoraRef, extract_networks
 
@@ -28,11 +30,18 @@ class GenRequest:
     batch_size: int = 1
     batch_count: int = 1
     clip_skip: int = 1
-    denoising: float = 0.75  # img2img / inpaint strength
+    denoising: float | None = None  # img2img / inpaint strength (default 0.75), or the hires pass's (0.7)
     init_image: str | None = None
     mask: str | None = None
     mask_blur: int = 4
     lora_dirs: tuple[str, ...] = ()
+    # hires fix (A1111's two-pass txt2img): on when a scale or a size is given
+    hires_scale: float | None = None
+    hires_resize: tuple[int, int] | None = None
+    hires_upscaler: str = "Latent"
+    hires_steps: int = 0
+    upscaler_dirs: tuple[str, ...] = ()  # where upscaler models are found by name
+    detail: tuple[DetailPass, ...] = ()  # ADetailer-style passes on every finished image, in order
     device: str = "auto"
     precision: str = "auto"
     allow_pickle: bool = False
@@ -49,8 +58,10 @@ class GenRequest:
             raise LoracamError("batch size and batch count must be at least 1")
         if self.clip_skip < 1:
             raise LoracamError(f"clip skip counts from 1 (got {self.clip_skip})")
-        if not 0.0 <= self.denoising <= 1.0:
+        if self.denoising is not None and not 0.0 <= self.denoising <= 1.0:
             raise LoracamError(f"denoising strength must be between 0 and 1 (got {self.denoising})")
+        if self.hires is not None and self.init_image is not None:
+            raise LoracamError("hires fix is for txt2img; for an init image, upscale it first (loracam upscale)")
         if self.mask is not None and self.init_image is None:
             raise LoracamError("a mask needs an init image to inpaint (--init-image)")
         if self.mask_blur < 0:
@@ -58,6 +69,21 @@ class GenRequest:
         if self.seed < -1 or self.seed >= 2**32:
             raise LoracamError(f"seed must be -1 (random) or between 0 and {2**32 - 1} (got {self.seed})")
         parse_sampler(self.sampler, self.schedule)  # fails early with the list of valid names
+
+    @property
+    def strength(self) -> float:
+        """img2img's denoising strength (A1111's default 0.75)."""
+        return 0.75 if self.denoising is None else self.denoising
+
+    @property
+    def hires(self) -> HiresFix | None:
+        """The hires fix this request asks for, or None."""
+        if self.hires_scale is None and self.hires_resize is None:
+            return None
+        return HiresFix(scale=self.hires_scale, resize=tuple(self.hires_resize) if self.hires_resize else None,
+                        upscaler=self.hires_upscaler, steps=self.hires_steps,
+                        denoising=DEFAULT_DENOISING if self.denoising is None else self.denoising,
+                        upscaler_dirs=tuple(self.upscaler_dirs))
 
 
 @dataclass(frozen=True)
@@ -72,6 +98,7 @@ class Shared:
     clip_skip: int = 1
     denoising: float | None = None  # set for img2img / inpaint
     mask_blur: int = 4
+    hires: HiresFix | None = None  # a second, larger pass (txt2img)
 
 
 @dataclass(frozen=True)

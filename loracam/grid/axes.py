@@ -33,6 +33,7 @@ from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Callable
 
 from loracam.errors import LoracamError
+from loracam.generate.hires import HiresFix
 from loracam.generate.samplers import ALIASES, SAMPLERS, SCHEDULES, parse_sampler
 from loracam.grid.values import parse_values
 from loracam.prompts.networks import LoraRef, extract_networks
@@ -62,12 +63,14 @@ class Cell:
     denoising: float | None = None  # set for img2img / inpaint
     base: str | None = None  # None: the built-in toy model
     loras: tuple[LoraRef, ...] = ()  # left empty: read from the tags of prompt, then negative
+    hires: HiresFix | None = None
 
     def shared(self) -> "Shared":
         """What this cell must share with the others of its batch."""
         from loracam.generate.request import Shared
 
-        return Shared(self.width, self.height, self.steps, self.sampler, self.schedule, self.clip_skip, self.denoising)
+        return Shared(self.width, self.height, self.steps, self.sampler, self.schedule, self.clip_skip, self.denoising,
+                      hires=self.hires)
 
     def sample(self) -> "Sample":
         """What this cell may have of its own inside a batch."""
@@ -86,7 +89,7 @@ class Cell:
             raise ValueError("resolve the request's size first (generate.request.with_native_size)")
         sampler, schedule = parse_sampler(req.sampler, req.schedule)
         return cls(req.prompt, req.negative, req.seed, req.cfg, req.steps, sampler, schedule, req.width,
-                   req.height, req.clip_skip, req.denoising if req.init_image else None, req.base)
+                   req.height, req.clip_skip, req.strength if req.init_image else None, req.base, hires=req.hires)
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,25 @@ def _with_text(cell: Cell, prompt: str, negative: str) -> Cell:
 
 def _set(name: str, cell: Cell, value: Any) -> Cell:
     return replace(cell, **{name: value})
+
+
+def _set_denoising(cell: Cell, value: float) -> Cell:
+    """A1111's Denoising axis: the hires pass's strength when hires fix is on, else img2img's."""
+    if cell.hires is not None:
+        return replace(cell, hires=replace(cell.hires, denoising=value))
+    return replace(cell, denoising=value)
+
+
+def _set_hires(name: str, cell: Cell, value: Any) -> Cell:
+    if cell.hires is None:
+        raise LoracamError(f"a Hires {name} axis needs hires fix on: add --hires-scale or --hires-resize")
+    return replace(cell, hires=replace(cell.hires, **{name: value}))
+
+
+def _hires_steps(v: int) -> int:
+    if v < 0:
+        raise LoracamError(f"hires steps are 0 (as the first pass) or more (got {v})")
+    return v
 
 
 def _set_size(cell: Cell, value: tuple[int, int]) -> Cell:
@@ -393,8 +415,9 @@ AXIS_TYPES: dict[str, AxisType] = _table(
     AxisType("Prompt order", "str", _build_order, ("order",)),
     _field_type("Clip skip", "int", partial(_set, "clip_skip"), _at_least_1("clip skip"), ("clipskip",)),
     _field_type("Size", "str", _set_size, _size, ("resolution",), _show_size),
-    _field_type("Denoising", "float", partial(_set, "denoising"), _strength,
-                ("denoising strength", "denoise", "strength")),
+    _field_type("Denoising", "float", _set_denoising, _strength, ("denoising strength", "denoise", "strength")),
+    _field_type("Hires steps", "int", partial(_set_hires, "steps"), _hires_steps, ("hires step",)),
+    _field_type("Hires upscaler", "str", partial(_set_hires, "upscaler"), aliases=("hires upscale model",)),
     _field_type("Checkpoint name", "str", partial(_set, "base"), aliases=("checkpoint", "ckpt", "model", "base"),
                 shows=_show_checkpoint, labelled=False),
     _lora_type("", "both"),

@@ -52,7 +52,8 @@ def base_cell(req: GenRequest, width: int, height: int, rng: random.Random) -> C
     seed = req.seed if req.seed != -1 else rng.randrange(2**32 - 1)
     # loras left empty: Cell reads them from the prompt's and the negative prompt's tags, as gen does
     return Cell(prompt=req.prompt, negative=req.negative, seed=seed, cfg=req.cfg, steps=req.steps, sampler=sampler,
-                schedule=schedule, width=width, height=height, clip_skip=req.clip_skip, denoising=None, base=req.base)
+                schedule=schedule, width=width, height=height, clip_skip=req.clip_skip, denoising=None, base=req.base,
+                hires=req.hires)
 
 
 def cells_of(base: Cell, axes: Sequence[Axis | None], opts: GridOptions, rng: random.Random,

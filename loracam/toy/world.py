@@ -407,8 +407,9 @@ _PART_BOXES = {  # doll units: x0, y0, x1, y1
 }
 
 
-def boxes(doll: Doll, size: tuple[int, int] = (W, H)) -> dict[str, list[int]]:
-    """Pixel boxes [x0, y0, x1, y1] of the doll's parts, clipped to the image (parts outside it omitted)."""
+def boxes(doll: Doll, size: tuple[int, int] = (W, H), min_visible: float = 1.0) -> dict[str, list[int]]:
+    """Pixel boxes [x0, y0, x1, y1] of the doll's parts, clipped to the image; a part is left out unless at
+    least ``min_visible`` of its box is inside the frame (1.0: wholly inside, what prep's boxes need)."""
     s = doll.scale * size[1]
     out = {}
     for part, (x0, y0, x1, y1) in _PART_BOXES.items():
@@ -418,4 +419,8 @@ def boxes(doll: Doll, size: tuple[int, int] = (W, H)) -> dict[str, list[int]]:
                    min(size[1], int(box[3] + 1))]
         if clipped == [max(0, int(v)) if i < 2 else int(v + 1) for i, v in enumerate(box)]:
             out[part] = clipped  # wholly inside the frame
+        elif min_visible < 1.0 and clipped[2] > clipped[0] and clipped[3] > clipped[1]:
+            seen = (clipped[2] - clipped[0]) * (clipped[3] - clipped[1])
+            if seen >= min_visible * (box[2] - box[0]) * (box[3] - box[1]):
+                out[part] = clipped
     return out
