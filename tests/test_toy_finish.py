@@ -49,3 +49,19 @@ def test_detail_on_the_toy_base_uses_the_toy_locator(tmp_path):
     [png] = tmp_path.glob("*.png")
     text = Image.open(png).info["parameters"]
     assert "ADetailer model: toy-face" in text and "ADetailer inpaint padding: 4" in text
+
+
+def test_tiled_toy_4x_stays_close_to_untiled_at_the_seams():
+    """Away from seams tiles are exact (test_finish_upscale.py); at a seam each tile saw zero padding within the
+    network's reach (10 3x3 convs: 10 input pixels) and the blend only dilutes that. With an overlap of 16 the
+    worst pixel of a toy render measured 5/255 and the mean 0.05/255 when this was written: bounds at 2x that."""
+    from loracam.finish.upscale import load_upscaler, tiled, to_tensor
+    from loracam.toy import world
+
+    up = load_upscaler("toy-4x", torch.device("cpu"))
+    doll = world.sample_doll(np.random.default_rng(1), framing="full body")
+    x = to_tensor(Image.fromarray(world.render(doll)))
+    with torch.no_grad():
+        whole, parts = up.desc(x), tiled(up.desc, x, 4, tile=48, overlap=16)
+    diff = (whole - parts).abs() * 255
+    assert diff.max() <= 10 and diff.mean() <= 0.1

@@ -116,6 +116,13 @@ def test_demo_runs_end_to_end(tmp_path):
     assert curve[0.0] == 0.0  # the base alone never renders the held-out testdress
     report = (out / "report.md").read_text()
     assert "| 1 |" in report and "30 steps" in report
+    # finished: a garment detail pass, then the toy 4x upscaler, beside the raw render
+    from PIL import Image
+
+    detailed, big = out / "finished" / "00005-1000.png", out / "finished" / "4x" / "00005-1000.png"
+    assert "ADetailer model: toy-garment" in Image.open(detailed).info["parameters"]
+    assert Image.open(big).size == (256, 384) and "Postprocess upscaler: toy-4x" in Image.open(big).text["extras"]
+    assert Image.open(out / "finished.png").size == (3 * 256 + 16, 384) and "finished.png" in report
     # a second run into the same folder refuses instead of overwriting
     again = subprocess.run([sys.executable, "-m", "loracam.cli", "demo", "-o", str(out)], capture_output=True,
                            text=True, timeout=60)

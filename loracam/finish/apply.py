@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Sequence
 
 from loracam.errors import LoracamError
-from loracam.finish.detail import DetailPass, ImageParams, run_passes
+from loracam.finish.detail import DetailPass, run_passes
 from loracam.finish.detect import Detectors
 from loracam.finish.extras import free_name, image_files, open_source, png_with_text
+from loracam.generate.request import Sample, Shared
 from loracam.io import atomic_write_bytes, writable_dir
 
 
@@ -26,8 +27,8 @@ def detail_files(inputs: Sequence[Path], passes: Sequence[DetailPass], output: P
     for path, image, text, req, info in jobs:
         model = load_model(req, models)
         library = LoraLibrary([Path(d) for d in req.lora_dirs], models.hash_cache)
-        made = _made(req, model, image.size)
-        result = run_passes(image, made, passes, model, library, detectors, path.name)
+        made, shared = _made(req, model, image.size)
+        result = run_passes(image, made, shared, passes, model, library, detectors, path.name)
         text = {**text, "parameters": _infotext(info, req, result.params)}
         target = free_name(out_dir, path.stem)
         atomic_write_bytes(target, png_with_text(result.image, text))
@@ -55,7 +56,7 @@ def _job(path: Path, prompt, negative, seed, base, ckpt_dirs, lora_dirs, device,
     return path, image, text, req, None
 
 
-def _made(req, model, size: tuple[int, int]) -> ImageParams:
+def _made(req, model, size: tuple[int, int]) -> tuple[Sample, Shared]:
     """What the passes inherit; the working size is the one the image was rendered at."""
     from loracam.generate.samplers import parse_sampler
 
@@ -64,8 +65,8 @@ def _made(req, model, size: tuple[int, int]) -> ImageParams:
         work = req.hires.size(req.width, req.height, model.vae_scale_factor) if req.hires else (req.width, req.height)
     else:
         work = _native_aspect(model, size)
-    return ImageParams(req.prompt, req.negative, req.seed, req.cfg, req.steps, sampler, schedule, req.clip_skip,
-                       work, "toy" if model.name == "toy" else None)
+    return (Sample(req.prompt, req.negative, req.seed, req.cfg),
+            Shared(work[0], work[1], req.steps, sampler, schedule, req.clip_skip))
 
 
 def _native_aspect(model, size: tuple[int, int]) -> tuple[int, int]:

@@ -18,7 +18,7 @@ records the values used. No detection leaves the image as it was and says so; it
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -27,6 +27,9 @@ from loracam import __version__
 from loracam.errors import LoracamError
 from loracam.finish import masks
 from loracam.finish.detect import Detection, Detectors, resolve
+
+if TYPE_CHECKING:  # generate.request holds DetailPass in its GenRequest: import it only where used
+    from loracam.generate.request import Sample, Shared
 
 Notes = Callable[[str], None]
 ORDINALS = ("", " 2nd", " 3rd", " 4th", " 5th", " 6th", " 7th", " 8th", " 9th", " 10th")
@@ -79,22 +82,6 @@ class DetailPass:
                        padding=px(self.padding, 32))
 
 
-@dataclass(frozen=True)
-class ImageParams:
-    """How the image being detailed was made: what every pass inherits."""
-
-    prompt: str
-    negative: str
-    seed: int
-    cfg: float
-    steps: int
-    sampler: str
-    schedule: str
-    clip_skip: int = 1
-    size: tuple[int, int] | None = None  # the size it was rendered at (hires: the second pass's); the working size
-    base_kind: str | None = None
-
-
 @dataclass
 class Detailed:
     image: Image.Image
@@ -102,19 +89,21 @@ class Detailed:
     notes: list[str] = field(default_factory=list)
 
 
-def run_passes(image: Image.Image, made: ImageParams, passes: Sequence[DetailPass], model, library,
+def run_passes(image: Image.Image, made: Sample, shared: Shared, passes: Sequence[DetailPass], model, library,
                detectors: Detectors, name: str = "the image") -> Detailed:
-    """Every pass on one finished image; the image is unchanged where nothing is found."""
+    """Every pass on one finished image, made as ``made`` with ``shared`` (whose size, the one the image was
+    rendered at, is the passes' working size); the image is unchanged where nothing is found."""
     out = Detailed(image.convert("RGB"))
+    base_kind = "toy" if model.name == "toy" else None
     for i, p in enumerate(passes):
         p = p.scaled(out.image.size)
-        detector = resolve(p.detector, made.base_kind)
+        detector = resolve(p.detector, base_kind)
         found = select(detectors.detect(detector, out.image, p.confidence), p, out.image.size)
         shapes = [m for m in (mask_of(d, p, out.image.size) for d in found) if m.any()]
         if not shapes:
             out.notes.append(f"detail pass {i + 1} ({detector}): nothing found in {name}; left as it was")
         for j, shape in enumerate(shapes):
-            out.image = inpaint_region(out.image, shape, p, made, j, model, library)
+            out.image = inpaint_region(out.image, shape, p, made, shared, j, model, library)
         out.params.update(infotext(p, detector, i))
     if out.params:
         out.params["ADetailer version"] = f"loracam {__version__}"
@@ -134,8 +123,8 @@ def mask_of(d: Detection, p: DetailPass, size: tuple[int, int]) -> np.ndarray:
     return masks.dilate_erode(masks.offset(m, p.x_offset, p.y_offset), p.dilate_erode)
 
 
-def inpaint_region(image: Image.Image, shape: np.ndarray, p: DetailPass, made: ImageParams, j: int, model,
-                   library) -> Image.Image:
+def inpaint_region(image: Image.Image, shape: np.ndarray, p: DetailPass, made: Sample, shared: Shared, j: int,
+                   model, library) -> Image.Image:
     """One mask: A1111's inpaint "only masked" at the working size, pasted back under the blurred mask."""
     from loracam.generate.api import render_samples
     from loracam.generate.engine import InitImages
@@ -143,7 +132,7 @@ def inpaint_region(image: Image.Image, shape: np.ndarray, p: DetailPass, made: I
     from loracam.prompts import extract_networks
 
     soft = masks.blur(shape, p.mask_blur)
-    work = tuple(p.inpaint_size or made.size or image.size)
+    work = tuple(p.inpaint_size or (shared.width, shared.height))
     f = model.vae_scale_factor
     work = (work[0] // f * f, work[1] // f * f)
     region = masks.crop_region(soft, p.padding, work)
@@ -152,9 +141,9 @@ def inpaint_region(image: Image.Image, shape: np.ndarray, p: DetailPass, made: I
     prompt, negative = part(p.prompt, made.prompt, j), part(p.negative, made.negative, j)
     loras = tuple(extract_networks(prompt)[1] + extract_networks(negative)[1])
     sample = Sample(prompt, negative, (made.seed + j) % 2**32, p.cfg if p.cfg is not None else made.cfg, loras)
-    shared = Shared(work[0], work[1], p.steps or made.steps, made.sampler, made.schedule, made.clip_skip,
-                    denoising=p.denoising, mask_blur=0)  # already blurred, at the image's scale
-    [rendered] = render_samples(model, shared, [sample], library, InitImages(crop, crop_mask, composite=False))
+    inpaint = Shared(work[0], work[1], p.steps or shared.steps, shared.sampler, shared.schedule, shared.clip_skip,
+                     denoising=p.denoising, mask_blur=0)  # already blurred, at the image's scale
+    [rendered] = render_samples(model, inpaint, [sample], library, InitImages(crop, crop_mask, composite=False))
     return masks.paste(image, rendered.image, region, soft)
 
 

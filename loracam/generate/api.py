@@ -81,13 +81,12 @@ def generate(req: GenRequest, models: ModelCache, library: LoraLibrary | None = 
 def detail_rendered(r: Rendered, s: Sample, shared: Shared, passes, model: BaseModel, library: LoraLibrary,
                     detectors, warnings: list[str]) -> Rendered:
     """A rendered image after its detail passes, with ADetailer's keys in its infotext."""
-    from loracam.finish.detail import ImageParams, run_passes
+    from loracam.finish.detail import run_passes
+    from loracam.generate.hires import second_pass
     from loracam.generate.infotext import parse_infotext
 
-    size = shared.hires.size(shared.width, shared.height, model.vae_scale_factor) if shared.hires else None
-    made = ImageParams(s.prompt, s.negative, s.seed, s.cfg, shared.steps, shared.sampler, shared.schedule,
-                       shared.clip_skip, size or (shared.width, shared.height), "toy" if model.name == "toy" else None)
-    done = run_passes(r.image, made, passes, model, library, detectors, f"the image of seed {s.seed}")
+    final = second_pass(shared, shared.hires, model) if shared.hires else shared  # the size the image has
+    done = run_passes(r.image, s, final, passes, model, library, detectors, f"the image of seed {s.seed}")
     warnings += done.notes
     return Rendered(done.image, r.seed, with_params(parse_infotext(r.infotext), done.params))
 

@@ -8,6 +8,7 @@ command a user would type (run as a subprocess), so the demo is also the end-to-
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -63,6 +64,13 @@ def run_demo(output: Path, echo: Callable[[str], None] = print, settings: DemoSe
     times = {}
     for name, args in steps:
         times[name] = _run(name, [str(a) for a in args], out, echo)
+    # finishing the weight-1 cell of the first seed: a garment detail pass, then the toy 4x upscaler
+    raw = out / "grid" / f"{len(WEIGHTS) - 1:05d}-1000.png"  # cells are saved row by row: seed 1000, weight 1
+    for name, args in (("detail", ["detail", raw, "--detail", "garment", "-o", out / "finished"]),
+                       ("upscale", ["upscale", out / "finished" / raw.name, "--model", "toy-4x", "-o",
+                                    out / "finished" / "4x"])):
+        times[name] = _run(name, [str(a) for a in args], out, echo)
+    side_by_side(raw, out / "finished" / raw.name, out / "finished" / "4x" / raw.name, out / "finished.png")
     report = _report(out, times, s)
     echo(f"demo done in {sum(times.values()):.0f} s: open {report}")
     return report
@@ -79,6 +87,20 @@ def _run(name: str, args: list[str], out: Path, echo) -> float:
     if proc.returncode != 0:
         raise LoracamError(f"the demo's {name} step failed (exit {proc.returncode}); its output is above")
     return time.time() - t
+
+
+def side_by_side(raw: Path, detailed: Path, upscaled: Path, target: Path) -> Path:
+    """The raw render, the detailed one (both enlarged 4x by nearest, to compare pixels) and the toy-4x upscale."""
+    from PIL import Image
+
+    big = Image.open(upscaled).convert("RGB")
+    panels = [Image.open(p).convert("RGB").resize(big.size, Image.NEAREST) for p in (raw, detailed)] + [big]
+    sheet = Image.new("RGB", (big.width * 3 + 16, big.height), "white")
+    for i, panel in enumerate(panels):
+        sheet.paste(panel, (i * (big.width + 8), 0))
+    buf = io.BytesIO()
+    sheet.save(buf, "PNG")
+    return atomic_write_bytes(target, buf.getvalue())
 
 
 def _short(arg: str, out: Path) -> str:
@@ -112,6 +134,9 @@ def _report(out: Path, times: dict[str, float], s: DemoSettings) -> Path:
         f"- the LoRA (kohya format, loads in A1111/ComfyUI/diffusers): `{TRIGGER}.safetensors`",
         "- training previews: " + (", ".join(f"`{p.relative_to(out)}`" for p in previews[:6]) or "none"),
         f"- the seed row: `seed-row/`; the weight x seed grid: `{grid.relative_to(out)}`",
+        "- finished: `finished.png` shows the weight-1 render of seed 1000 as rendered, after a garment detail "
+        "pass (`loracam detail`) and after the toy 4x upscaler (`loracam upscale --model toy-4x`); the files "
+        "are in `finished/`",
         "- the numbers: `fidelity.json`", "",
         "## Time (seconds)", "",
         "| step | seconds |", "|---|---|",

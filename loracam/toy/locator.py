@@ -89,15 +89,9 @@ class Locator:
 
     @classmethod
     def load(cls, path: Path = LOCATOR_PATH) -> "Locator":
-        from safetensors.torch import load_file
+        from loracam.toy.probe import load_net
 
-        from loracam.errors import LoracamError
-
-        if not path.is_file():
-            raise LoracamError(f"the toy locator {path.name} is not built in this install; make toy-locator builds it")
-        net = LocatorNet()
-        net.load_state_dict(load_file(str(path)))
-        return cls(net)
+        return cls(load_net(LocatorNet(), path, "the toy locator", "make toy-locator"))
 
     def predict(self, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(confidence [n, parts], corner boxes [n, parts, 4] in the images' pixels) for uint8 [n, h, w, 3]."""

@@ -82,21 +82,25 @@ class ProbeNet(nn.Module):
 # reading images
 
 
+def load_net(net: nn.Module, path: Path, what: str, rebuild: str) -> nn.Module:
+    """A shipped toy network's weights into ``net``, in eval mode; a clear error where the file is missing."""
+    from safetensors.torch import load_file
+
+    from loracam.errors import LoracamError
+
+    if not path.is_file():
+        raise LoracamError(f"{what} is missing ({path}); build it with `{rebuild}`")
+    net.load_state_dict(load_file(str(path)))
+    return net.eval()
+
+
 @dataclass
 class Probe:
     net: ProbeNet
 
     @classmethod
     def load(cls, path: Path = PROBE_PATH) -> "Probe":
-        from safetensors.torch import load_file
-
-        from loracam.errors import LoracamError
-
-        if not path.exists():
-            raise LoracamError(f"the toy probe is missing ({path}); build it with `make toy-probe`")
-        net = ProbeNet()
-        net.load_state_dict(load_file(str(path)))
-        return cls(net.eval())
+        return cls(load_net(ProbeNet(), path, "the toy probe", "make toy-probe"))
 
     def logits(self, images) -> dict[str, torch.Tensor]:
         x = to_tensor(images)
