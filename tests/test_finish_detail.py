@@ -168,3 +168,34 @@ def test_infotext_keys_read_back_including_legacy_names():
     legacy = from_infotext({"ADetailer model": "face_yolov8n.pt", "ADetailer dilate/erode": "8",
                             "ADetailer mask only top k largest": "1"})
     assert legacy[0].dilate_erode == 8 and legacy[0].top_k == 1
+
+
+def test_a_config_file_sets_each_pass_on_its_own(tmp_path, square_mask):
+    config = tmp_path / "gen.toml"
+    config.write_text(f'''prompt = "1girl, red dress"
+base = "random:tiny"
+steps = 4
+seed = 21
+width = 64
+height = 64
+
+[[detail]]
+detector = "mask:{square_mask}"
+prompt = "a blue hat"
+denoising = 0.5
+padding = 6
+
+[[detail]]
+detector = "mask:{square_mask}"
+negative = "ugly"
+mask_blur = 2
+''')
+    run("gen", "--config", config, "-o", tmp_path / "o")
+    [png] = (tmp_path / "o").glob("*.png")
+    got = params(png)
+    assert (got["ADetailer prompt"], got["ADetailer denoising strength"], got["ADetailer inpaint padding"]) == (
+        "a blue hat", "0.5", "6")
+    assert (got["ADetailer negative prompt 2nd"], got["ADetailer mask blur 2nd"]) == ("ugly", "2")
+    config.write_text(config.read_text() + 'paddding = 3\n')
+    r = runner.invoke(app, ["gen", "--config", str(config), "-o", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "unknown key(s) paddding" in r.output
