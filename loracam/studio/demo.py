@@ -66,7 +66,7 @@ def run_demo(output: Path, echo: Callable[[str], None] = print, settings: DemoSe
         times[name] = _run(name, [str(a) for a in args], out, echo)
     # finishing the weight-1 cell of the first seed: a garment detail pass, then the toy 4x upscaler
     raw = out / "grid" / f"{len(WEIGHTS) - 1:05d}-1000.png"  # cells are saved row by row: seed 1000, weight 1
-    for name, args in (("detail", ["detail", raw, "--detail", "garment", "-o", out / "finished"]),
+    for name, args in (("detail", ["detail", raw, "--detail", "garment", "--lora-dir", out, "-o", out / "finished"]),
                        ("upscale", ["upscale", out / "finished" / raw.name, "--model", "toy-4x", "-o",
                                     out / "finished" / "4x"])):
         times[name] = _run(name, [str(a) for a in args], out, echo)
