@@ -9,6 +9,7 @@ versions. Sections (a table: later benchmarks such as upscale, ControlNet or the
 - generate: 512x768, 30 steps, DPM++ 2M Karras, CFG 7, batch 1 and 8 (s/image, MFU), loracam against a plain
   diffusers pipeline on the same model.
 - grid: a 3x3 LoRA-weight grid batched (one batch of 9, per-sample LoRA weights) against cell by cell.
+- upscale: an x4plus-shaped RRDBNet at 512x768 -> 2048x3072, fp16: megapixels/s, tiled against untiled.
 Random-weight models of the full SD1.5 architecture run at exactly the speed of trained ones.
 
 On a CPU it runs as a smoke test at tiny sizes (random:tiny, 64x64, a few steps), which the test suite does so
@@ -220,10 +221,28 @@ def section_grid(s: Scale, work: Path) -> dict:
             "batched_s": round(batched, 3), "one_by_one_s": round(single, 3), "speedup": round(single / batched, 3)}
 
 
+# ---------------------------------------------------------------------------------------------
+# upscale
+
+
+def section_upscale(s: Scale, work: Path) -> dict:
+    """RealESRGAN_x4plus's shape (64 features, 23 blocks; random weights) on a 512x768 image, fp16, tiled at the
+    defaults and untiled: megapixels/s out, and the tiler's overhead (upscale_speed.py's measurement)."""
+    from upscale_speed import measure, rrdb
+
+    from loracam.finish.upscale import TileOptions
+
+    device = torch.device(s.device)
+    if s.model == "random:sd15":
+        return measure("RRDBNet 64x23 (x4plus shape), random", rrdb(23, device), (s.width, s.height), 3)
+    return measure("RRDBNet 64x1, random", rrdb(1, device), (32, 48), 1, TileOptions(tile=24, overlap=4, min_tile=8))
+
+
 SECTIONS: dict[str, Callable[[Scale, Path], dict]] = {
     "train": section_train,
     "generate": section_generate,
     "grid": section_grid,
+    "upscale": section_upscale,
 }
 
 
