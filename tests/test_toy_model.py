@@ -122,7 +122,7 @@ def test_demo_runs_end_to_end(tmp_path):
     detailed, big = out / "finished" / "00005-1000.png", out / "finished" / "4x" / "00005-1000.png"
     assert "ADetailer model: toy-garment" in Image.open(detailed).info["parameters"]
     assert Image.open(big).size == (256, 384) and "Postprocess upscaler: toy-4x" in Image.open(big).text["extras"]
-    assert Image.open(out / "finished.png").size == (3 * 256 + 16, 384) and "finished.png" in report
+    assert Image.open(out / "finished.png").size == (3 * 256 + 16, 384 + 20) and "finished.png" in report
     # a second run into the same folder refuses instead of overwriting
     again = subprocess.run([sys.executable, "-m", "loracam.cli", "demo", "-o", str(out)], capture_output=True,
                            text=True, timeout=60)

@@ -89,15 +89,21 @@ def _run(name: str, args: list[str], out: Path, echo) -> float:
     return time.time() - t
 
 
+CAPTION = 20  # px of caption band under the panels
+PANEL_CAPTIONS = ("as rendered (nearest 4x)", "garment detail pass (nearest 4x)", "then toy-4x upscale")
+
+
 def side_by_side(raw: Path, detailed: Path, upscaled: Path, target: Path) -> Path:
     """The raw render, the detailed one (both enlarged 4x by nearest, to compare pixels) and the toy-4x upscale."""
-    from PIL import Image
+    from PIL import Image, ImageDraw
 
     big = Image.open(upscaled).convert("RGB")
     panels = [Image.open(p).convert("RGB").resize(big.size, Image.NEAREST) for p in (raw, detailed)] + [big]
-    sheet = Image.new("RGB", (big.width * 3 + 16, big.height), "white")
-    for i, panel in enumerate(panels):
+    sheet = Image.new("RGB", (big.width * 3 + 16, big.height + CAPTION), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (panel, caption) in enumerate(zip(panels, PANEL_CAPTIONS)):
         sheet.paste(panel, (i * (big.width + 8), 0))
+        draw.text((i * (big.width + 8) + 4, big.height + 5), caption, fill="black")
     buf = io.BytesIO()
     sheet.save(buf, "PNG")
     return atomic_write_bytes(target, buf.getvalue())
