@@ -12,8 +12,9 @@ fresh dolls (48 per point), the probe's reading of each concept without and with
 - the toy locator's box IoU on fresh renders.
 A pass's prompt says what its crop shows, as ADetailer users write one: the doll's tags at close-up framing
 for the face, upper-body framing for the garment, its own full-body tags for the shoes; the pass's LoRA is
-in it (at the image's weight or `--pass-weight`). Detection, masks and paste-back are loracam's own, with
-ADetailer's defaults scaled to 64x96 (padding 4, blur 1, dilate 1) and denoising 0.4.
+in it (at the image's weight or `--pass-weight`), and so are the image's other LoRAs (`--pass-loras own`
+leaves them out). Detection, masks and paste-back are loracam's own, with ADetailer's defaults scaled to
+64x96 (padding 4, blur 1, dilate 1) and denoising 0.4.
 Usage: python benchmarks/toy_finish.py [--work DIR] [--quick] [--steps N]
 """
 
@@ -102,21 +103,25 @@ def wearing(doll, weights: dict[str, float]):
     return doll, world.tags(doll) + "".join(f" <lora:{NAMES[c]}:{w:g}>" for c, w in weights.items() if w > 0)
 
 
-def pass_for(doll, concept: str, weight: float) -> DetailPass:
+def pass_for(doll, concept: str, weights: dict[str, float], pass_weight: float | None, pass_loras: str) -> DetailPass:
+    """The pass for ``concept``: the doll's tags at the framing its crop shows, with the pass's own LoRA (at
+    ``pass_weight`` when given) and, with ``pass_loras="all"``, the image's other LoRAs too, as ADetailer's
+    default prompt (the image's) carries them. Both are measured: see benchmarks/README.md."""
     framing = PASS_FRAMING[concept] or doll.framing
-    return DetailPass(PASS_OF[concept], prompt=world.tags(replace(doll, framing=framing))
-                      + f" <lora:{NAMES[concept]}:{weight:g}>")
+    kept = weights if pass_loras == "all" else {concept: weights[concept]}
+    tags = "".join(f" <lora:{NAMES[c]}:{(pass_weight or w) if c == concept else w:g}>" for c, w in kept.items())
+    return DetailPass(PASS_OF[concept], prompt=world.tags(replace(doll, framing=framing)) + tags)
 
 
 def render_and_detail(model, library, detectors, dolls, weights: dict[str, float], passes: tuple[str, ...],
-                      pass_weight: float | None) -> tuple[np.ndarray, np.ndarray]:
+                      pass_weight: float | None, pass_loras: str = "all") -> tuple[np.ndarray, np.ndarray]:
     """(raw, detailed) uint8 images of ``dolls`` wearing ``weights``, detailed by the passes of ``passes``."""
     worn = [wearing(d, weights) for d in dolls]
     raw = judge.render_prompts(model, [p for _, p in worn], range(len(worn)), library, SETTINGS)
     done = []
     for i, ((doll, prompt), image) in enumerate(zip(worn, raw)):
         made = Sample(prompt, judge.NEGATIVE, i, SETTINGS.cfg)
-        plan = [pass_for(doll, c, pass_weight or weights[c]) for c in passes]
+        plan = [pass_for(doll, c, weights, pass_weight, pass_loras) for c in passes]
         done.append(np.asarray(run_passes(Image.fromarray(image), made, SHARED, plan, model, library, detectors).image))
     return raw, np.stack(done)
 
@@ -133,6 +138,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=2400)
     ap.add_argument("--quick", action="store_true", help="16 images a point, 60-step LoRAs: checks the script")
     ap.add_argument("--pass-weight", type=float, help="the LoRA weight inside passes (default: the image's)")
+    ap.add_argument("--pass-loras", choices=("all", "own"), default="all",
+                    help="LoRAs in a pass's prompt: all of the image's (ADetailer's default prompt) or its own")
     args = ap.parse_args()
     n = 16 if args.quick else 48
     t0 = time.time()
@@ -143,7 +150,7 @@ def main() -> int:
     probe, detectors = Probe.load(), Detectors()
     library = LoraLibrary([loras(work, 60 if args.quick else args.steps, probe)], models.hash_cache)
     res: dict = {"images_per_point": n, "steps_per_lora": 60 if args.quick else args.steps,
-                 "pass_weight": args.pass_weight}
+                 "pass_weight": args.pass_weight, "pass_loras": args.pass_loras}
     res["detector_iou"] = locator_iou(Locator.load(), n=500)
     print("locator", res["detector_iou"], flush=True)
 
@@ -168,8 +175,9 @@ def main() -> int:
     combos = {}
     for wt in itertools.product((1.0, 1.5), repeat=3):
         wts = dict(zip((TESTDRESS, MYSHOES, SKS), wt))
-        _, fb = render_and_detail(model, library, detectors, full, wts, (SKS, TESTDRESS, MYSHOES), args.pass_weight)
-        _, ub = render_and_detail(model, library, detectors, upper, wts, (SKS, TESTDRESS, MYSHOES), args.pass_weight)
+        every = (SKS, TESTDRESS, MYSHOES)
+        _, fb = render_and_detail(model, library, detectors, full, wts, every, args.pass_weight, args.pass_loras)
+        _, ub = render_and_detail(model, library, detectors, upper, wts, every, args.pass_weight, args.pass_loras)
         combos[wt] = {TESTDRESS: judge.fidelity(probe, fb, TESTDRESS), MYSHOES: judge.fidelity(probe, fb, MYSHOES),
                       SKS: judge.fidelity(probe, ub, SKS)}
         print("composition", wt, {k: round(v, 3) for k, v in combos[wt].items()}, flush=True)
