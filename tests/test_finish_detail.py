@@ -129,6 +129,22 @@ def test_detail_command_equals_detailing_during_gen_and_notes_empty_finds(tmp_pa
     assert np.array_equal(np.asarray(Image.open(same)), np.asarray(Image.open(plain)))
 
 
+def test_detail_after_hires_is_the_same_during_gen_and_after_it(tmp_path):
+    # the passes work at the hires size with the first pass's steps (ADetailer takes p.steps), whether they
+    # run inside gen or later on the PNG
+    m = np.zeros((128, 128), np.uint8)
+    m[40:72, 48:80] = 255
+    Image.fromarray(m).save(tmp_path / "big.png")
+    hires = ["--hires-scale", "2", "--hires-steps", "6", "--denoising", "0.5"]
+    run("gen", "1girl", *TINY, *hires, "-o", tmp_path / "plain")
+    run("gen", "1girl", *TINY, *hires, "--detail", f"mask:{tmp_path / 'big.png'}", "-o", tmp_path / "during")
+    [plain], [during] = (tmp_path / "plain").glob("*.png"), (tmp_path / "during").glob("*.png")
+    run("detail", plain, "--detail", f"mask:{tmp_path / 'big.png'}", "-o", tmp_path / "after")
+    [after] = (tmp_path / "after").glob("*.png")
+    assert Image.open(during).size == (128, 128) and params(after) == params(during)
+    assert np.array_equal(np.asarray(Image.open(after)), np.asarray(Image.open(during)))
+
+
 def test_detectors_find_a_real_face_and_a_person(astronaut, hopper):
     d = Detectors()
     [face] = [f for f in d.detect("face", astronaut, 0.5)]

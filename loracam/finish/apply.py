@@ -57,16 +57,14 @@ def _job(path: Path, prompt, negative, seed, base, ckpt_dirs, lora_dirs, device,
 
 
 def _made(req, model, size: tuple[int, int]) -> tuple[Sample, Shared]:
-    """What the passes inherit; the working size is the one the image was rendered at."""
-    from loracam.generate.samplers import parse_sampler
+    """What the passes inherit: the request's settings, at the size it was rendered at (its infotext's, else the
+    model's native area at the image's aspect)."""
+    from loracam.generate.api import shared_of
 
-    sampler, schedule = parse_sampler(req.sampler, req.schedule)
-    if req.width and req.height:
-        work = req.hires.size(req.width, req.height, model.vae_scale_factor) if req.hires else (req.width, req.height)
-    else:
-        work = _native_aspect(model, size)
-    return (Sample(req.prompt, req.negative, req.seed, req.cfg),
-            Shared(work[0], work[1], req.steps, sampler, schedule, req.clip_skip))
+    if not (req.width and req.height):
+        width, height = _native_aspect(model, size)
+        req = replace(req, width=width, height=height)
+    return Sample(req.prompt, req.negative, req.seed, req.cfg), shared_of(req)
 
 
 def _native_aspect(model, size: tuple[int, int]) -> tuple[int, int]:

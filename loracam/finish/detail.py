@@ -91,8 +91,9 @@ class Detailed:
 
 def run_passes(image: Image.Image, made: Sample, shared: Shared, passes: Sequence[DetailPass], model, library,
                detectors: Detectors, name: str = "the image") -> Detailed:
-    """Every pass on one finished image, made as ``made`` with ``shared`` (whose size, the one the image was
-    rendered at, is the passes' working size); the image is unchanged where nothing is found."""
+    """Every pass on one finished image, made as ``made`` with ``shared`` (the image's final size, the hires
+    pass's when hires fix ran, is the passes' working size); the image is unchanged where nothing is found."""
+    shared = finished(shared, model.vae_scale_factor)
     out = Detailed(image.convert("RGB"))
     base_kind = "toy" if model.name == "toy" else None
     for i, p in enumerate(passes):
@@ -108,6 +109,15 @@ def run_passes(image: Image.Image, made: Sample, shared: Shared, passes: Sequenc
     if out.params:
         out.params["ADetailer version"] = f"loracam {__version__}"
     return out
+
+
+def finished(shared: Shared, factor: int) -> Shared:
+    """The render's settings as the passes inherit them: the finished image's size, but the first pass's steps
+    (ADetailer takes txt2img's p.steps, never the hires steps)."""
+    if shared.hires is None:
+        return shared
+    width, height = shared.hires.size(shared.width, shared.height, factor)
+    return replace(shared, width=width, height=height, hires=None)
 
 
 def select(found: list[Detection], p: DetailPass, size: tuple[int, int]) -> list[Detection]:

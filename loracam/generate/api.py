@@ -57,9 +57,7 @@ def generate(req: GenRequest, models: ModelCache, library: LoraLibrary | None = 
     w, h = native_size(model)
     req = replace(req, width=req.width or w, height=req.height or h)
     library = library or LoraLibrary([Path(d) for d in req.lora_dirs], models.hash_cache)
-    sampler, schedule = parse_sampler(req.sampler, req.schedule)
-    shared = Shared(req.width, req.height, req.steps, sampler, schedule, req.clip_skip,
-                    req.strength if req.init_image else None, req.mask_blur, req.hires)
+    shared = shared_of(req)
     init = _init_images(req)
     _check_inpainting(model, init)
     samples = samples_of(req, resolve_seed(req.seed))
@@ -78,15 +76,20 @@ def generate(req: GenRequest, models: ModelCache, library: LoraLibrary | None = 
     return result
 
 
+def shared_of(req: GenRequest) -> Shared:
+    """What every image of a (sized) request shares in a batch."""
+    sampler, schedule = parse_sampler(req.sampler, req.schedule)
+    return Shared(req.width, req.height, req.steps, sampler, schedule, req.clip_skip,
+                  req.strength if req.init_image else None, req.mask_blur, req.hires)
+
+
 def detail_rendered(r: Rendered, s: Sample, shared: Shared, passes, model: BaseModel, library: LoraLibrary,
                     detectors, warnings: list[str]) -> Rendered:
     """A rendered image after its detail passes, with ADetailer's keys in its infotext."""
     from loracam.finish.detail import run_passes
-    from loracam.generate.hires import second_pass
     from loracam.generate.infotext import parse_infotext
 
-    final = second_pass(shared, shared.hires, model) if shared.hires else shared  # the size the image has
-    done = run_passes(r.image, s, final, passes, model, library, detectors, f"the image of seed {s.seed}")
+    done = run_passes(r.image, s, shared, passes, model, library, detectors, f"the image of seed {s.seed}")
     warnings += done.notes
     return Rendered(done.image, r.seed, with_params(parse_infotext(r.infotext), done.params))
 
