@@ -9,9 +9,9 @@ from typing import Sequence
 from loracam.errors import LoracamError
 from loracam.finish.detail import DetailPass, run_passes
 from loracam.finish.detect import Detectors
-from loracam.finish.extras import free_name, image_files, open_source, png_with_text
+from loracam.finish.extras import image_files, open_source, save_free
 from loracam.generate.request import Sample, Shared
-from loracam.io import atomic_write_bytes, writable_dir
+from loracam.io import writable_dir
 
 
 def detail_files(inputs: Sequence[Path], passes: Sequence[DetailPass], output: Path, models, prompt: str | None = None,
@@ -30,9 +30,7 @@ def detail_files(inputs: Sequence[Path], passes: Sequence[DetailPass], output: P
         made, shared = _made(req, model, image.size)
         result = run_passes(image, made, shared, passes, model, library, detectors, path.name)
         text = {**text, "parameters": _infotext(info, req, result.params)}
-        target = free_name(out_dir, path.stem)
-        atomic_write_bytes(target, png_with_text(result.image, text))
-        done.append((target, result.notes))
+        done.append((save_free(out_dir, path.stem, result.image, text), result.notes))
     return done
 
 

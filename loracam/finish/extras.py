@@ -7,15 +7,15 @@ read the generation) and adds ``extras`` with A1111's Postprocess keys (scripts/
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from loracam.errors import LoracamError
 from loracam.finish.upscale import Notes, TileProgress, Upscaler, target_size
+from loracam.generate.images import png_with_text
 from loracam.generate.infotext import quote
 from loracam.io import atomic_write_bytes, writable_dir
 
@@ -67,22 +67,18 @@ def extras_text(upscaler: Upscaler, scale: float | None, resize: tuple[int, int]
     return ", ".join(f"{k}: {quote(v)}" for k, v in params.items())
 
 
-def png_with_text(image: Image.Image, text: dict[str, str]) -> bytes:
-    info = PngImagePlugin.PngInfo()
-    for key, value in text.items():
-        info.add_text(key, value)
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", pnginfo=info)
-    return buf.getvalue()
-
-
-def free_name(folder: Path, stem: str) -> Path:
-    """``stem.png``, else ``stem-1.png``, ``stem-2.png``, ...: an existing file is never replaced."""
-    path, n = folder / f"{stem}.png", 0
-    while path.exists():
+def save_free(folder: Path, stem: str, image: Image.Image, text: dict[str, str]) -> Path:
+    """The image as ``stem.png``, else ``stem-1.png``, ``stem-2.png``, ...: an existing file is never replaced,
+    not even one another process writes meanwhile."""
+    data, n = png_with_text(image, text), 0
+    while True:
+        path = folder / (f"{stem}.png" if n == 0 else f"{stem}-{n}.png")
+        if not path.exists():
+            try:
+                return atomic_write_bytes(path, data)
+            except FileExistsError:
+                pass  # another process took the name meanwhile
         n += 1
-        path = folder / f"{stem}-{n}.png"
-    return path
 
 
 def upscale_files(inputs: Sequence[Path], upscaler: Upscaler, output: Path, scale: float | None = 4.0,
@@ -102,13 +98,6 @@ def upscale_files(inputs: Sequence[Path], upscaler: Upscaler, output: Path, scal
     for (path, image, text), size in zip(sources, sizes):
         big = upscaler.upscale(image, size, notes, progress(path) if progress else None)
         chunks = {**text, "extras": extras_text(upscaler, scale, size if resize else None)}
-        while True:
-            target = free_name(out_dir, path.stem)
-            try:
-                atomic_write_bytes(target, png_with_text(big, chunks))
-                break
-            except FileExistsError:
-                continue  # another process took the name meanwhile
-        done.append(Upscaled(path, target, big.size))
+        done.append(Upscaled(path, save_free(out_dir, path.stem, big, chunks), big.size))
     return done
 

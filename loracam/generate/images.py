@@ -36,8 +36,14 @@ def load_image(path: str | Path, what: str, size: tuple[int, int] | None = None,
 
 
 def png_bytes(image: Image.Image, infotext: str) -> bytes:
+    return png_with_text(image, {"parameters": infotext})
+
+
+def png_with_text(image: Image.Image, text: dict[str, str]) -> bytes:
+    """A PNG with ``text`` as its tEXt chunks (A1111's ``parameters``, ``extras``, ...)."""
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", infotext)
+    for key, value in text.items():
+        info.add_text(key, value)
     buf = io.BytesIO()
     image.save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
