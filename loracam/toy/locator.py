@@ -115,10 +115,9 @@ class Locator:
 
 def make_data(n: int, seed: int, model=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from loracam.toy import world
-    from loracam.toy.upscaler import _doll
 
     rng = np.random.default_rng(seed)
-    dolls = [_doll(world, rng) for _ in range(n)]
+    dolls = [world.sample_mixed_doll(rng) for _ in range(n)]
     images = np.stack([world.render(d) for d in dolls])
     if model is not None:
         from loracam.toy import judge

@@ -42,28 +42,13 @@ def make_pairs(n: int, seed: int, model=None) -> tuple[torch.Tensor, torch.Tenso
     from loracam.toy import judge, world
 
     rng = np.random.default_rng(seed)
-    dolls = [_doll(world, rng) for _ in range(n)]
+    dolls = [world.sample_mixed_doll(rng) for _ in range(n)]
     low = np.stack([world.render(d, LOW) for d in dolls])
     high = np.stack([world.render(d, HIGH) for d in dolls])
     if model is not None:
         low[1::2] = judge.round_trip(model, low[1::2])
     as_t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255.0  # noqa: E731
     return as_t(low), as_t(high)
-
-
-def _doll(world, rng: np.random.Generator):
-    """A doll of the whole world, held-out concepts included: an upscaler must not know only the base's."""
-    from dataclasses import replace
-
-    doll = world.sample_doll(rng)
-    r = rng.random()
-    if r < 0.1:
-        doll = replace(doll, dress=world.TESTDRESS)
-    elif r < 0.2:
-        doll = replace(doll, shoes=world.MYSHOES)
-    elif r < 0.3:
-        doll = replace(doll, face=world.SKS)
-    return doll
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -111,6 +111,21 @@ def sample_doll(rng: np.random.Generator, held_out: bool = False, **fixed) -> Do
                                                           if k in ("scale", "top", "center")})
 
 
+def sample_mixed_doll(rng: np.random.Generator) -> Doll:
+    """A doll of the whole world, held-out concepts included (one doll in ten each wears testdress, myshoes or
+    the sks face): what the toy upscaler and locator train and are measured on, as they must not know only
+    the base's concepts."""
+    doll = sample_doll(rng)
+    r = rng.random()
+    if r < 0.1:
+        return replace(doll, dress=TESTDRESS)
+    if r < 0.2:
+        return replace(doll, shoes=MYSHOES)
+    if r < 0.3:
+        return replace(doll, face=SKS)
+    return doll
+
+
 def _camera(rng: np.random.Generator, framing: str) -> dict:
     """Scale and position for a framing; the doll stays inside the frame where the framing shows it."""
     if framing == "full body":
