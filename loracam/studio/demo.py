@@ -8,7 +8,6 @@ command a user would type (run as a subprocess), so the demo is also the end-to-
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -97,6 +96,8 @@ def side_by_side(raw: Path, detailed: Path, upscaled: Path, target: Path) -> Pat
     """The raw render, the detailed one (both enlarged 4x by nearest, to compare pixels) and the toy-4x upscale."""
     from PIL import Image, ImageDraw
 
+    from loracam.generate.images import png_with_text
+
     big = Image.open(upscaled).convert("RGB")
     panels = [Image.open(p).convert("RGB").resize(big.size, Image.NEAREST) for p in (raw, detailed)] + [big]
     sheet = Image.new("RGB", (big.width * 3 + 16, big.height + CAPTION), "white")
@@ -104,9 +105,7 @@ def side_by_side(raw: Path, detailed: Path, upscaled: Path, target: Path) -> Pat
     for i, (panel, caption) in enumerate(zip(panels, PANEL_CAPTIONS)):
         sheet.paste(panel, (i * (big.width + 8), 0))
         draw.text((i * (big.width + 8) + 4, big.height + 5), caption, fill="black")
-    buf = io.BytesIO()
-    sheet.save(buf, "PNG")
-    return atomic_write_bytes(target, buf.getvalue())
+    return atomic_write_bytes(target, png_with_text(sheet, {}))
 
 
 def _short(arg: str, out: Path) -> str:
