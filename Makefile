@@ -39,7 +39,7 @@ toy-probe: setup
 	$(PY) -m loracam.toy.probe --steps 3000 --pool 20000 -o loracam/toy/probe.safetensors || true
 	$(PY) -m loracam.toy.probe --init loracam/toy/probe.safetensors --steps 2000 --pool 20000 --lr 5e-4 --seed 1
 
-# The toy world's finishing models: a Real-ESRGAN compact x4 (~10 min on 2 cores) and the part locator (~5 min).
+# The toy world's finishing models: a Real-ESRGAN compact x4 (~7 min on 2 cores) and the part locator (~15 min).
 toy-upscaler: setup
 	$(PY) -m loracam.toy.upscaler
 
