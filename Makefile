@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 # The stamp's name changes when the dependency files change, so an edit reinstalls and nothing else does.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test bench gpu-suite toy-model toy-probe toy-upscaler toy-locator clean-venv
+.PHONY: setup demo test bench gpu-suite toy-model toy-probe toy-upscaler toy-locator toy-controlnet clean-venv
 
 setup: $(STAMP)
 	@:
@@ -45,6 +45,11 @@ toy-upscaler: setup
 
 toy-locator: setup
 	$(PY) -m loracam.toy.locator
+
+# The toy openpose ControlNet (loracam/toy/controlnet_openpose): ~35 min on one CPU thread, then ~1 min of
+# placement check; --force replaces the shipped folder (written aside, then swapped in).
+toy-controlnet: setup
+	$(PY) -m loracam.toy.controlnet --force
 
 test: setup
 	$(PY) -m pytest -q --durations=10

@@ -9,8 +9,10 @@ from typing import List, Optional
 
 import typer
 
+from loracam.cli_control import COMMANDS as CONTROL_COMMANDS
 from loracam.cli_finish import COMMANDS as FINISH_COMMANDS, DETAIL_HELP, detail_passes
 from loracam.cli_util import StepBar, asdict, parse_size, services, user_errors
+from loracam.control.units import CONTROLNET_HELP, from_flags
 from loracam.errors import LoracamError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -48,6 +50,15 @@ def gen(
     detail_confidence: float = typer.Option(0.3, "--detail-confidence", help="Detail passes' detection threshold."),
     detail_padding: Optional[int] = typer.Option(None, "--detail-padding", help="Pixels around a region (32 at 512)."),
     detail_mask_blur: Optional[int] = typer.Option(None, "--detail-mask-blur", help="Mask blur (4 at 512)."),
+    controlnet: Optional[List[str]] = typer.Option(None, "--controlnet", help=CONTROLNET_HELP),
+    control_mode: Optional[str] = typer.Option(None, "--control-mode",
+                                               help='Balanced, "My prompt is more important", "ControlNet is more important".'),
+    resize_mode: Optional[str] = typer.Option(None, "--resize-mode",
+                                              help="Just Resize, Crop and Resize (default), Resize and Fill."),
+    controlnet_dir: Optional[List[Path]] = typer.Option(None, "--controlnet-dir", help="Folder with ControlNet models."),
+    detail_controlnet: Optional[List[str]] = typer.Option(None, "--detail-controlnet",
+                                                          help="TYPE[:WEIGHT[:START:END]] for the Nth --detail pass "
+                                                               "(on its own region), or none."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32, fp16, bf16."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .ckpt checkpoints (loaded weights-only)."),
@@ -72,7 +83,10 @@ def gen(
         precision=precision, allow_pickle=allow_pickle or None,
         lora_dirs=tuple(map(str, lora_dir)) if lora_dir else None, **hires_flags(
             hires_scale, hires_resize, hires_upscaler, hires_steps, upscaler_dir),
-        detail=detail_passes(detail, detail_denoising, detail_confidence, detail_padding, detail_mask_blur),
+        detail=detail_passes(detail, detail_denoising, detail_confidence, detail_padding, detail_mask_blur,
+                             detail_controlnet),
+        controlnet=from_flags(controlnet, control_mode, resize_mode) or None,
+        controlnet_dirs=tuple(map(str, controlnet_dir)) if controlnet_dir else None,
     )
     flags = {k: v for k, v in flags.items() if v is not None}
     check_writable_dir(output)  # fail before minutes of rendering; created when the first image is saved
@@ -80,7 +94,7 @@ def gen(
     warnings: list[str] = []
     if from_image is not None:
         info = read_png_infotext(from_image)
-        req = request_from_infotext(info, flags.pop("base", None), ckpt_dir or [], models, **flags)
+        req = request_from_infotext(info, flags.pop("base", None), ckpt_dir or [], models, from_image, **flags)
         library = LoraLibrary([Path(d) for d in req.lora_dirs], models.hash_cache)
         warnings += check_lora_hashes(info, library)
     else:
@@ -459,6 +473,8 @@ def demo(output: Path = typer.Option(Path("demo-output"), "-o", "--output"),
 
 
 for _command in FINISH_COMMANDS:  # upscale, detail: their own module keeps this one short
+    app.command()(_command)
+for _command in CONTROL_COMMANDS:  # pose
     app.command()(_command)
 
 

@@ -33,14 +33,34 @@ DETAIL_HELP = ("A detail pass, repeatable: DETECTOR[:PROMPT] with DETECTOR face,
                "mask:FILE; the prompt may hold <lora:...> tags and [SEP]. Default prompt: the image's own.")
 
 
-def detail_passes(specs, denoising: float, confidence: float, padding: int | None, mask_blur: int | None):
-    """--detail values as DetailPass objects (None when none were given)."""
+def detail_passes(specs, denoising: float, confidence: float, padding: int | None, mask_blur: int | None,
+                  controlnets=None):
+    """--detail values as DetailPass objects (None when none were given); the Nth --detail-controlnet goes
+    with the Nth pass ("none" or nothing: no ControlNet)."""
+    from loracam.errors import LoracamError
+
     if not specs:
+        if controlnets:
+            raise LoracamError("--detail-controlnet goes with a --detail pass; give --detail too")
         return None
     from loracam.finish.detail import DetailPass
 
+    controlnets = list(controlnets or ())
+    if len(controlnets) > len(specs):
+        raise LoracamError(f"{len(controlnets)} --detail-controlnet values for {len(specs)} --detail passes")
+    controlnets += [""] * (len(specs) - len(controlnets))
     return tuple(DetailPass.parse(spec, denoising=denoising, confidence=confidence, padding=padding,
-                                  mask_blur=mask_blur) for spec in specs)
+                                  mask_blur=mask_blur, control=detail_unit(c)) for spec, c in zip(specs, controlnets))
+
+
+def detail_unit(spec: str) -> tuple:
+    """``TYPE[:WEIGHT[:START:END]][:key=value...]`` of a detail pass's ControlNet: its source is the region."""
+    from loracam.control.units import ControlUnit
+
+    if not spec.strip() or spec.strip().lower() == "none":
+        return ()
+    kind, _, rest = spec.partition(":")
+    return (ControlUnit.parse(f"{kind}::{rest}" if rest else f"{kind}:"),)
 
 
 @user_errors

@@ -6,7 +6,7 @@ Keypoints: 0 nose, 1 neck, 2/3/4 right shoulder/elbow/wrist, 5/6/7 left shoulder
 hip/knee/ankle, 11/12/13 left hip/knee/ankle, 14/15 right/left eye, 16/17 right/left ear ("right" is the
 person's right: the image's left for a person facing the camera).
 
-Drawing: a black RGB canvas; the 17 limbs first, each a filled ellipse along the limb (half its length by
+Drawing: a black RGB canvas; person by person, the 17 limbs first, each a filled ellipse along the limb (half its length by
 the stick width 4) at 0.6 of its colour, skipped when an end is missing; then every point a filled circle of
 radius 4 in full colour. The widths are pixels at the canvas's size, as in the annotator, which draws at its
 processor resolution (512 on the short side) before the map is resized to the render size.
@@ -106,15 +106,18 @@ class Pose:
             if not isinstance(flat, list) or len(flat) != 3 * N_POINTS:
                 raise LoracamError(f"{where}: person {i} needs {3 * N_POINTS} numbers (x, y, confidence for "
                                    f"{N_POINTS} points), got {len(flat) if isinstance(flat, list) else flat!r}")
-            people.append(flat)
-        values = [float(v) for flat in people for k, v in enumerate(flat) if k % 3 < 2]
+            bad = [v for v in flat if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)]
+            if bad:  # float() on these would raise a bare traceback (or let NaN reach the drawing)
+                raise LoracamError(f"{where}: person {i}'s keypoints must all be numbers, found {bad[0]!r}")
+            people.append([float(v) for v in flat])
+        values = [v for flat in people for k, v in enumerate(flat) if k % 3 < 2]
         normalised = bool(values) and max(values) <= 1.0  # sd-webui-controlnet's editor may write fractions
         sx, sy = (1.0, 1.0) if normalised else (1.0 / width, 1.0 / height)
         out = []
         for flat in people:
             pts = []
             for k in range(N_POINTS):
-                x, y, c = (float(v) for v in flat[3 * k: 3 * k + 3])
+                x, y, c = flat[3 * k: 3 * k + 3]
                 pts.append(None if c <= 0 else (x * sx, y * sy))
             out.append(Person(tuple(pts)))
         return cls(tuple(out), width, height)
@@ -148,9 +151,8 @@ def draw(people: Sequence[Person], size: tuple[int, int]) -> np.ndarray:
 
     w, h = size
     canvas = np.zeros((h, w, 3), np.uint8)
-    for k, (a, b) in enumerate(LIMBS):
-        shade = [int(c * LIMB_SHADE) for c in COLOURS[k]]
-        for person in people:
+    for person in people:  # each person whole (limbs, then points) before the next, as the annotator does
+        for k, (a, b) in enumerate(LIMBS):
             pa, pb = person.points[a], person.points[b]
             if pa is None or pb is None:
                 continue
@@ -159,10 +161,8 @@ def draw(people: Sequence[Person], size: tuple[int, int]) -> np.ndarray:
             angle = math.degrees(math.atan2(ya - yb, xa - xb))
             poly = cv2.ellipse2Poly((int((xa + xb) / 2), int((ya + yb) / 2)), (int(length / 2), STICK_WIDTH),
                                     int(angle), 0, 360, 1)
-            cv2.fillConvexPoly(canvas, poly, shade)
-    for k in range(N_POINTS):
-        for person in people:
-            p = person.points[k]
+            cv2.fillConvexPoly(canvas, poly, [int(c * LIMB_SHADE) for c in COLOURS[k]])
+        for k, p in enumerate(person.points):
             if p is not None:
                 cv2.circle(canvas, (int(p[0] * w), int(p[1] * h)), POINT_RADIUS, COLOURS[k], thickness=-1)
     return canvas

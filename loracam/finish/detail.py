@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from loracam import __version__
+from loracam.control.units import ControlUnit
 from loracam.errors import LoracamError
 from loracam.finish import masks
 from loracam.finish.detect import Detection, Detectors, resolve
@@ -55,9 +56,13 @@ class DetailPass:
     inpaint_size: tuple[int, int] | None = None  # None: the image's own size
     steps: int | None = None  # None: the image's
     cfg: float | None = None
+    control: tuple[ControlUnit, ...] = ()  # ADetailer's ControlNet: steered by the region itself (one unit)
 
     def __post_init__(self):
         resolve(self.detector)  # an unknown detector fails before anything renders
+        if len(self.control) > 1 or any(u.source and not u.premade for u in self.control):
+            raise LoracamError("a detail pass takes one ControlNet, steered by its own region: give TYPE[:WEIGHT], "
+                               "no source")
         if not 0.0 <= self.confidence <= 1.0 or not 0.0 <= self.denoising <= 1.0:
             raise LoracamError("a detail pass's confidence and denoising are between 0 and 1")
         if not 0.0 <= self.min_ratio <= self.max_ratio <= 1.0:
@@ -90,7 +95,7 @@ class Detailed:
 
 
 def run_passes(image: Image.Image, made: Sample, shared: Shared, passes: Sequence[DetailPass], model, library,
-               detectors: Detectors, name: str = "the image") -> Detailed:
+               detectors: Detectors, name: str = "the image", controls=None) -> Detailed:
     """Every pass on one finished image, made as ``made`` with ``shared`` (the image's final size, the hires
     pass's when hires fix ran, is the passes' working size); the image is unchanged where nothing is found."""
     shared = finished(shared, model.vae_scale_factor)
@@ -104,8 +109,8 @@ def run_passes(image: Image.Image, made: Sample, shared: Shared, passes: Sequenc
         if not shapes:
             out.notes.append(f"detail pass {i + 1} ({detector}): nothing found in {name}; left as it was")
         for j, shape in enumerate(shapes):
-            out.image = inpaint_region(out.image, shape, p, made, shared, j, model, library)
-        out.params.update(infotext(p, detector, i))
+            out.image = inpaint_region(out.image, shape, p, made, shared, j, model, library, controls)
+        out.params.update(infotext(p, detector, i, _control_label(p, controls, model)))
     if out.params:
         out.params["ADetailer version"] = f"loracam {__version__}"
     return out
@@ -134,7 +139,7 @@ def mask_of(d: Detection, p: DetailPass, size: tuple[int, int]) -> np.ndarray:
 
 
 def inpaint_region(image: Image.Image, shape: np.ndarray, p: DetailPass, made: Sample, shared: Shared, j: int,
-                   model, library) -> Image.Image:
+                   model, library, controls=None) -> Image.Image:
     """One mask: A1111's inpaint "only masked" at the working size, pasted back under the blurred mask."""
     from loracam.generate.api import render_samples
     from loracam.generate.engine import InitImages
@@ -152,8 +157,10 @@ def inpaint_region(image: Image.Image, shape: np.ndarray, p: DetailPass, made: S
     loras = tuple(extract_networks(prompt)[1] + extract_networks(negative)[1])
     sample = Sample(prompt, negative, (made.seed + j) % 2**32, p.cfg if p.cfg is not None else made.cfg, loras)
     inpaint = Shared(work[0], work[1], p.steps or shared.steps, shared.sampler, shared.schedule, shared.clip_skip,
-                     denoising=p.denoising, mask_blur=0)  # already blurred, at the image's scale
-    [rendered] = render_samples(model, inpaint, [sample], library, InitImages(crop, crop_mask, composite=False))
+                     denoising=p.denoising, mask_blur=0,  # already blurred, at the image's scale
+                     control=p.control)
+    [rendered] = render_samples(model, inpaint, [sample], library, InitImages(crop, crop_mask, composite=False),
+                                controls=controls)
     return masks.paste(image, rendered.image, region, soft)
 
 
@@ -165,7 +172,18 @@ def part(text: str, own: str, j: int) -> str:
     return parts[min(j, len(parts) - 1)].replace("[PROMPT]", own)
 
 
-def infotext(p: DetailPass, detector: str, index: int) -> dict:
+def _control_label(p: DetailPass, controls, model) -> str | None:
+    """The detail pass's ControlNet as the infotext names it (``stem [hash]``), or None."""
+    if not p.control:
+        return None
+    from loracam.control.models import ControlNets
+    from loracam.control.preprocess import PREPROCESSORS
+
+    u = p.control[0]
+    return (controls or ControlNets()).find(u, PREPROCESSORS[u.kind].keyword, model.name).label
+
+
+def infotext(p: DetailPass, detector: str, index: int, control_label: str | None = None) -> dict:
     """ADetailer's keys for one pass (2nd, 3rd ... suffixes), with its omissions at defaults."""
     suffix = ORDINALS[index] if index < len(ORDINALS) else f" {index + 1}th"
     keys = {
@@ -183,7 +201,26 @@ def infotext(p: DetailPass, detector: str, index: int) -> dict:
         "use separate steps": True if p.steps else None, "steps": p.steps,
         "use separate CFG scale": True if p.cfg is not None else None, "CFG scale": p.cfg,
     }
+    if p.control:
+        from loracam.control.preprocess import PREPROCESSORS
+
+        u = p.control[0]
+        keys.update({"ControlNet model": control_label, "ControlNet module": PREPROCESSORS[u.kind].module,
+                     "ControlNet weight": f"{u.weight:g}", "ControlNet guidance start": f"{u.start:g}",
+                     "ControlNet guidance end": f"{u.end:g}"})
     return {f"ADetailer {k}{suffix}": v for k, v in keys.items() if v is not None}
+
+
+def _control_from(get) -> tuple[ControlUnit, ...]:
+    """A pass's ControlNet from ADetailer's keys ("None" or absent: none); its model found by name or hash."""
+    model = get("ControlNet model")
+    if model in (None, "None", "none"):
+        return ()
+    from loracam.control.store import MODULE_KINDS
+
+    return (ControlUnit(kind=MODULE_KINDS.get(get("ControlNet module", "none"), "image"), model=model,
+                        weight=float(get("ControlNet weight", 1)), start=float(get("ControlNet guidance start", 0)),
+                        end=float(get("ControlNet guidance end", 1))),)
 
 
 def from_infotext(params: dict[str, str]) -> tuple[DetailPass, ...]:
@@ -205,5 +242,6 @@ def from_infotext(params: dict[str, str]) -> tuple[DetailPass, ...]:
             denoising=float(get("denoising strength", 0.4)),
             padding=int(get("inpaint padding")) if get("inpaint padding") else None, inpaint_size=size,
             steps=int(get("steps")) if get("steps") else None, cfg=float(get("CFG scale")) if get("CFG scale") else None,
+            control=_control_from(get),
         ))
     return tuple(passes)

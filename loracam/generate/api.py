@@ -26,6 +26,7 @@ class Rendered:
     image: Image.Image
     seed: int
     infotext: str
+    control_maps: list = field(default_factory=list)  # [H, W, 3] uint8 maps that steered it, saved beside it
 
 
 @dataclass
@@ -35,7 +36,14 @@ class GenResult:
     warnings: list[str] = field(default_factory=list)
 
     def save(self, outdir: Path) -> list[Path]:
-        return [save_png(r.image, r.infotext, outdir, r.seed) for r in self.images]
+        """The PNGs, each with its control maps beside it as NNNNN-SEED-controlN.png."""
+        from loracam.control.store import save_maps
+
+        paths = []
+        for r in self.images:
+            paths.append(save_png(r.image, r.infotext, outdir, r.seed))
+            save_maps(paths[-1], r.control_maps)
+        return paths
 
 
 def load_model(req: GenRequest, models: ModelCache) -> BaseModel:
@@ -62,16 +70,21 @@ def generate(req: GenRequest, models: ModelCache, library: LoraLibrary | None = 
     _check_inpainting(model, init)
     samples = samples_of(req, resolve_seed(req.seed))
     result = GenResult([], model)
+    controls = None
+    if shared.control or any(p.control for p in req.detail):
+        from loracam.control.models import ControlNets
+
+        controls = ControlNets([Path(d) for d in req.controlnet_dirs])
     detectors = None
     for start in range(0, len(samples), req.batch_size):
         batch = samples[start : start + req.batch_size]
-        rendered = render_samples(model, shared, batch, library, init, progress, result.warnings)
+        rendered = render_samples(model, shared, batch, library, init, progress, result.warnings, controls)
         if req.detail:
             from loracam.finish.detect import Detectors
 
             detectors = detectors or Detectors()
-            rendered = [detail_rendered(r, s, shared, req.detail, model, library, detectors, result.warnings)
-                        for r, s in zip(rendered, batch)]
+            rendered = [detail_rendered(r, s, shared, req.detail, model, library, detectors, result.warnings,
+                                        controls) for r, s in zip(rendered, batch)]
         result.images += rendered
     return result
 
@@ -80,18 +93,20 @@ def shared_of(req: GenRequest) -> Shared:
     """What every image of a (sized) request shares in a batch."""
     sampler, schedule = parse_sampler(req.sampler, req.schedule)
     return Shared(req.width, req.height, req.steps, sampler, schedule, req.clip_skip,
-                  req.strength if req.init_image else None, req.mask_blur, req.hires)
+                  req.strength if req.init_image else None, req.mask_blur, req.hires, tuple(req.controlnet))
+
 
 
 def detail_rendered(r: Rendered, s: Sample, shared: Shared, passes, model: BaseModel, library: LoraLibrary,
-                    detectors, warnings: list[str]) -> Rendered:
+                    detectors, warnings: list[str], controls=None) -> Rendered:
     """A rendered image after its detail passes, with ADetailer's keys in its infotext."""
     from loracam.finish.detail import run_passes
     from loracam.generate.infotext import parse_infotext
 
-    done = run_passes(r.image, s, shared, passes, model, library, detectors, f"the image of seed {s.seed}")
+    done = run_passes(r.image, s, shared, passes, model, library, detectors, f"the image of seed {s.seed}",
+                      controls)
     warnings += done.notes
-    return Rendered(done.image, r.seed, with_params(parse_infotext(r.infotext), done.params))
+    return Rendered(done.image, r.seed, with_params(parse_infotext(r.infotext), done.params), r.control_maps)
 
 
 def with_params(info, extra: dict) -> str:
@@ -105,8 +120,9 @@ def with_params(info, extra: dict) -> str:
 
 def render_samples(model: BaseModel, shared: Shared, samples: Sequence[Sample], library: LoraLibrary,
                    init: InitImages | None = None, progress: Progress | None = None,
-                   warnings: list[str] | None = None) -> list[Rendered]:
-    """Render samples sharing ``shared`` as one batch, each with its own infotext."""
+                   warnings: list[str] | None = None, controls=None) -> list[Rendered]:
+    """Render samples sharing ``shared`` as one batch, each with its own infotext; ``controls`` (a
+    ControlNets library) finds the models of ``shared.control``."""
     names = list(dict.fromkeys(ref.name for s in samples for ref in s.loras))
     files = [library.load(n) for n in names]
     stack = LoraStack(model.unet, model.text_encoder, files, base_family=model.family) if files else None
@@ -116,13 +132,31 @@ def render_samples(model: BaseModel, shared: Shared, samples: Sequence[Sample], 
             j = names.index(ref.name)
             weights[i, j, 0] += ref.te  # a LoRA named twice adds up, as A1111 applies both
             weights[i, j, 1] += ref.unet
-    images = render(model, shared, samples, stack, weights if files else None, init, progress)
+    control = None
+    if shared.control:
+        from loracam.control.guidance import Control
+        from loracam.control.models import ControlNets
+
+        control = Control(shared.control, controls or ControlNets(), model)
+    images = render(model, shared, samples, stack, weights if files else None, init, progress, control)
+    if control is not None and warnings is not None:
+        warnings += [n for n in control.notes if n not in warnings]
     hashes = {n: library.short_hash(n) for n in names}
     out = []
+    size = (shared.width, shared.height)
     for s, im in zip(samples, images):
         params = infotext_params(model, shared, s, {r.name: hashes[r.name] for r in s.loras})
-        out.append(Rendered(im, s.seed, format_infotext(s.prompt, s.negative, params)))
+        maps = []
+        if control is not None:
+            params = _before_version(params, control.infotext(s, size))
+            maps = [m.image for m in control.maps(size, init.image if init else None)]
+        out.append(Rendered(im, s.seed, format_infotext(s.prompt, s.negative, params), maps))
     return out
+
+
+def _before_version(params: dict, extra: dict) -> dict:
+    out = {k: v for k, v in params.items() if k != "Version"}
+    return {**out, **extra, "Version": params["Version"]}
 
 
 def infotext_params(model: BaseModel, shared: Shared, s: Sample, lora_hashes: dict[str, str]) -> dict:
@@ -166,8 +200,9 @@ BUILTIN_BASES = ("toy", "random:tiny", "random:sd15")
 
 
 def request_from_infotext(info: Infotext, base: str | None, ckpt_dirs: Sequence[Path],
-                          models: ModelCache, **overrides) -> GenRequest:
-    """The GenRequest that reproduces an image, from its infotext (plus the user's overrides)."""
+                          models: ModelCache, image_path: Path | None = None, **overrides) -> GenRequest:
+    """The GenRequest that reproduces an image, from its infotext (plus the user's overrides); the image's
+    own path lets its saved ControlNet maps steer the re-render."""
     p = info.params
     try:
         sampler, schedule = parse_sampler(p.get("Sampler", "Euler a"), p.get("Schedule type", "Automatic"))
@@ -180,6 +215,10 @@ def request_from_infotext(info: Infotext, base: str | None, ckpt_dirs: Sequence[
         from loracam.finish.detail import from_infotext as detail_from_infotext
 
         fields["detail"] = detail_from_infotext(p)
+        if not overrides.get("controlnet"):
+            from loracam.control.store import units_from_infotext
+
+            fields["controlnet"] = units_from_infotext(p, image_path)
         hires = hires_from_infotext(p, tuple(overrides.get("upscaler_dirs") or ()))
         if hires is not None:
             fields.update(hires_scale=hires.scale, hires_resize=hires.resize, hires_upscaler=hires.upscaler,

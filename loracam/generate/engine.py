@@ -73,18 +73,29 @@ def render(
     lora_weights: torch.Tensor | None = None,
     init: InitImages | None = None,
     progress: Progress | None = None,
+    control=None,
 ) -> list[Image.Image]:
-    """Render ``samples`` as one batch and return PIL images (decoded, composited for inpainting)."""
+    """Render ``samples`` as one batch and return PIL images (decoded, composited for inpainting).
+
+    ``control`` (a loracam.control.guidance.Control) steers every pass with its ControlNets."""
     with torch.inference_mode():
+        size = (shared.width, shared.height)
+        guide = control.guidance(size, samples, init.image if init else None) if control else None
         if shared.hires is None:
-            latents = render_latents(model, shared, samples, lora_stack, lora_weights, init, progress)
+            latents = render_latents(model, shared, samples, lora_stack, lora_weights, init, progress, guide)
         else:
             from loracam.generate.hires import second_pass, upscale_latents
 
-            first = render_latents(model, replace(shared, hires=None), samples, lora_stack, lora_weights, None, progress)
+            first = render_latents(model, replace(shared, hires=None), samples, lora_stack, lora_weights, None,
+                                   progress, guide)
             big = upscale_latents(model, shared, first, shared.hires)
-            latents = render_latents(model, second_pass(shared, shared.hires, model), samples, lora_stack,
-                                     lora_weights, InitImages(latents=big), progress)
+            hi = second_pass(shared, shared.hires, model)
+            if control:  # the second pass is steered at its own size; a tile unit by the enlarged first pass
+                own = to_pil(decode(model, first))[0].resize((hi.width, hi.height), Image.LANCZOS) \
+                    if control.needs_own_image() else None
+                guide = control.guidance((hi.width, hi.height), samples, own)
+            latents = render_latents(model, hi, samples, lora_stack, lora_weights, InitImages(latents=big),
+                                     progress, guide)
         pixels = decode(model, latents)
     images = to_pil(pixels)
     if init is not None and init.mask is not None and init.composite:
@@ -94,7 +105,7 @@ def render(
 
 def render_latents(model: BaseModel, shared: Shared, samples: Sequence[Sample], lora_stack=None,
                    lora_weights: torch.Tensor | None = None, init: InitImages | None = None,
-                   progress: Progress | None = None) -> torch.Tensor:
+                   progress: Progress | None = None, guide=None) -> torch.Tensor:
     """One sampling pass over ``samples``: the final latents, not decoded."""
     with torch.inference_mode(), lora_mode(lora_stack, lora_weights) as set_rows:
         encoder = PromptEncoder(model.tokenizer, model.text_encoder, shared.clip_skip)
@@ -103,7 +114,7 @@ def render_latents(model: BaseModel, shared: Shared, samples: Sequence[Sample], 
             encoder, [s.prompt for s in samples], [s.negative for s in samples], shared.steps,
             te_keys, (lambda rows: set_rows("te", rows)) if set_rows else None,
         )
-        return _sample(model, shared, samples, plan, set_rows, init, progress)
+        return _sample(model, shared, samples, plan, set_rows, init, progress, guide)
 
 
 def _generators(samples: Sequence[Sample]) -> list[torch.Generator]:
@@ -119,7 +130,7 @@ def _noise(model: BaseModel, shared: Shared, gens: list[torch.Generator]) -> tor
     return torch.cat(noise).to(model.device, model.dtype)
 
 
-def _sample(model, shared, samples, plan: CondPlan, set_rows, init, progress) -> torch.Tensor:
+def _sample(model, shared, samples, plan: CondPlan, set_rows, init, progress, guide=None) -> torch.Tensor:
     sched = build_scheduler(model.scheduler_config, shared.sampler, shared.schedule)
     sched.set_timesteps(shared.steps, device=model.device)
     timesteps = sched.timesteps
@@ -145,7 +156,7 @@ def _sample(model, shared, samples, plan: CondPlan, set_rows, init, progress) ->
         step = min(shared.steps - 1, i * shared.steps // total)  # order-2 samplers evaluate twice a step
         rows = plan.rows_at(step, with_uncond=use_uncond)
         x = sched.scale_model_input(latents, t)
-        eps = _unet_rows(model, x, t, plan, rows, set_rows, inpaint)
+        eps = _unet_rows(model, x, t, plan, rows, set_rows, inpaint, guide, i / total)
         guided = _guide(eps, rows, cfg, use_uncond)
         latents = sched.step(guided, t, latents, return_dict=False, **step_kwargs)[0]
         if inpaint is not None and not model.is_inpainting:
@@ -175,10 +186,15 @@ def _img2img_timesteps(sched, shared: Shared):
     return sched.timesteps[start:]
 
 
-def _unet_rows(model, x, t, plan: CondPlan, rows: Rows, set_rows, inpaint) -> torch.Tensor:
+def _unet_rows(model, x, t, plan: CondPlan, rows: Rows, set_rows, inpaint, guide=None, frac: float = 0.0
+               ) -> torch.Tensor:
     """U-Net noise predictions for every row; rows with different context lengths run separately."""
     samples = torch.tensor(rows.sample, device=x.device)
     x_rows = x[samples]
+    x_plain = x_rows  # a ControlNet sees the 4 latent channels, never an inpainting model's extra ones
+    uncond = torch.zeros(len(rows.sample), dtype=torch.bool, device=x.device)
+    if rows.uncond_row:
+        uncond[torch.tensor(rows.uncond_row, device=x.device)] = True
     if inpaint is not None and model.is_inpainting:
         x_rows = torch.cat([x_rows, inpaint.unet_extra[samples]], dim=1)
     out = torch.empty((len(rows.sample),) + tuple(x.shape[1:]), device=x.device, dtype=x.dtype)
@@ -190,7 +206,12 @@ def _unet_rows(model, x, t, plan: CondPlan, rows: Rows, set_rows, inpaint) -> to
         ctx = torch.stack([plan.embeddings[rows.embedding[r]] for r in idx]).to(model.dtype)
         if set_rows:
             set_rows("unet", samples[ix].cpu())
-        out[ix] = model.unet(x_rows[ix], t, encoder_hidden_states=ctx, return_dict=False)[0]
+        extra = {}
+        if guide is not None:
+            down, mid = guide.residuals(x_plain[ix], t, ctx, samples[ix], uncond[ix], frac)
+            if down is not None:
+                extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        out[ix] = model.unet(x_rows[ix], t, encoder_hidden_states=ctx, return_dict=False, **extra)[0]
     return out
 
 

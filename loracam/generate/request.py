@@ -6,6 +6,7 @@ import math
 import random
 from dataclasses import dataclass, field, replace
 
+from loracam.control.units import ControlUnit
 from loracam.errors import LoracamError
 from loracam.finish.detail import DetailPass
 from loracam.generate.hires import DEFAULT_DENOISING, HiresFix
@@ -42,6 +43,8 @@ class GenRequest:
     hires_steps: int = 0
     upscaler_dirs: tuple[str, ...] = ()  # where upscaler models are found by name
     detail: tuple[DetailPass, ...] = ()  # ADetailer-style passes on every finished image, in order
+    controlnet: tuple[ControlUnit, ...] = ()  # ControlNet units steering every pass (several add up)
+    controlnet_dirs: tuple[str, ...] = ()  # where ControlNet models are found by type, name or hash
     device: str = "auto"
     precision: str = "auto"
     allow_pickle: bool = False
@@ -99,6 +102,7 @@ class Shared:
     denoising: float | None = None  # set for img2img / inpaint
     mask_blur: int = 4
     hires: HiresFix | None = None  # a second, larger pass (txt2img)
+    control: tuple[ControlUnit, ...] = ()  # ControlNet units (their weights may differ per sample)
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class Sample:
     seed: int
     cfg: float
     loras: tuple[LoraRef, ...] = field(default=())
+    control_weights: tuple[float, ...] = ()  # per ControlNet unit; (): the units' own weights
 
     @property
     def text(self) -> str:

@@ -23,6 +23,7 @@ from loracam.models.base import BaseModel
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TE_PREFIX = "cond_stage_model.transformer."
+CONTROL_PREFIX = "control_model."
 CONFIGS_KEY = "loracam_configs"
 
 # First name inside a ResNet block, diffusers -> LDM. The U-Net's LDM ResBlock keeps its layers in
@@ -106,6 +107,23 @@ def _vae_modules(config) -> dict[str, tuple[str, dict | None]]:
     return table
 
 
+def _controlnet_modules(config, keys: set[str]) -> dict[str, tuple[str, dict | None]]:
+    """Module map of a ControlNetModel: the U-Net's encoder half under LDM's names, plus the hint encoder
+    (``input_hint_block``: convs at every other index, SiLUs between), the zero convolutions after each
+    encoder output (``zero_convs.N.0``) and after the middle block (``middle_block_out.0``)."""
+    table = {k: v for k, v in _unet_modules({**config, "up_block_types": []}, set()).items()
+             if not k.startswith(("up_blocks.", "conv_out", "conv_norm_out"))}
+    n_hint = len(config["conditioning_embedding_out_channels"]) - 1
+    table["controlnet_cond_embedding.conv_in"] = ("input_hint_block.0", None)
+    for k in range(2 * n_hint):
+        table[f"controlnet_cond_embedding.blocks.{k}"] = (f"input_hint_block.{2 + 2 * k}", None)
+    table["controlnet_cond_embedding.conv_out"] = (f"input_hint_block.{2 + 4 * n_hint}", None)
+    for n in range(sum(1 for k in keys if k.startswith("controlnet_down_blocks.") and k.endswith(".weight"))):
+        table[f"controlnet_down_blocks.{n}"] = (f"zero_convs.{n}.0", None)
+    table["controlnet_mid_block"] = ("middle_block_out.0", None)
+    return table
+
+
 def _rename(key: str, table: dict[str, tuple[str, dict | None]], what: str) -> str:
     """LDM name of one diffusers tensor name, through the longest module prefix found in ``table``."""
     parts = key.split(".")
@@ -170,6 +188,32 @@ def text_encoder_to_ldm(text_encoder) -> dict[str, torch.Tensor]:
         n = text_encoder.config.max_position_embeddings
         out[ids] = torch.arange(n, dtype=torch.int64).unsqueeze(0)
     return out
+
+
+def controlnet_to_ldm(controlnet) -> dict[str, torch.Tensor]:
+    """ControlNet weights under ``control_model.*``, as lllyasviel's .pth/.safetensors files name them."""
+    state = controlnet.state_dict()
+    return _convert(state, _controlnet_modules(controlnet.config, set(state)), CONTROL_PREFIX, "ControlNet")
+
+
+def controlnet_from_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """The inverse: an LDM ControlNet state dict renamed to diffusers' names for a ControlNetModel of
+    ``config``. The map is built from that model's own tensor names (on the meta device), so a file with
+    tensors the model lacks, or lacking some it has, is reported by name rather than half-loaded."""
+    from diffusers import ControlNetModel
+
+    with torch.device("meta"):
+        names = set(ControlNetModel.from_config(config).state_dict())
+    table = _controlnet_modules(config, names)
+    inverse = {CONTROL_PREFIX + _rename(k, table, "ControlNet"): k for k in names}
+    unknown = sorted(k for k in state if k not in inverse)
+    missing = sorted(v for k, v in inverse.items() if k not in state)
+    if unknown or missing:
+        raise LoracamError(
+            "the file's tensors do not fit an SD1.x ControlNet of this shape "
+            f"({len(unknown)} unexpected, e.g. {unknown[:2]}; {len(missing)} missing, e.g. {missing[:2]})"
+        )
+    return {inverse[k]: v for k, v in state.items()}
 
 
 def diffusers_to_ldm(unet, vae, text_encoder) -> dict[str, torch.Tensor]:

@@ -1,0 +1,147 @@
+"""ControlNet guidance inside loracam's sampling loop: residuals for the U-Net's skip connections.
+
+Per U-Net call and unit: skip the unit outside its guidance window (sd-webui-controlnet's rule: off when
+the step's fraction i/N is below start or above end); run the ControlNet on the rows it steers; scale its
+outputs by the unit's weight (per sample, so a grid over weights still renders in one batch) and, for the
+two non-balanced control modes, by A1111's soft weights 0.825^(K-1-k) for output k of K (the middle
+block's 1.0); "ControlNet is more important" steers the conditional rows only (diffusers' guess mode).
+Several units add up. Rows of the unconditional half under that mode get no residual at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from loracam.errors import LoracamError
+
+SOFT_BASE = 0.825  # A1111's soft-injection base (10^(-1/12) = 0.8254 is diffusers' guess-mode step)
+COND_ONLY = "ControlNet is more important"
+
+
+def soft_scales(n: int, mode: str) -> list[float]:
+    """The factor on each of a ControlNet's ``n`` outputs (the middle block's last) for a control mode."""
+    if mode == "Balanced":
+        return [1.0] * n
+    return [SOFT_BASE ** (n - 1 - k) for k in range(n)]
+
+
+def active(unit, frac: float) -> bool:
+    """Whether a unit steers the step at fraction ``frac`` (= i/N) of the pass."""
+    return unit.start <= frac <= unit.end
+
+
+def map_tensor(image: np.ndarray, device, dtype) -> torch.Tensor:
+    """[1, 3, H, W] in 0..1, the input ControlNets are trained on (not -1..1)."""
+    return torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1)[None].to(device, dtype)
+
+
+@dataclass
+class Steer:
+    """One unit ready for a pass: its net, its map as a tensor and its weight per sample."""
+
+    unit: object
+    net: torch.nn.Module
+    cond: torch.Tensor  # [1, 3, H, W]
+    weights: torch.Tensor  # [samples]
+
+
+class Guidance:
+    """The residuals of every unit for one sampling pass."""
+
+    def __init__(self, steers: Sequence[Steer]):
+        self.steers = list(steers)
+
+    def residuals(self, x: torch.Tensor, t, ctx: torch.Tensor, samples: torch.Tensor, uncond: torch.Tensor,
+                  frac: float):
+        """(down residuals, mid residual) for U-Net rows ``x`` [rows, 4, h, w] or (None, None).
+
+        ``samples`` [rows] is each row's sample, ``uncond`` [rows] bool marks the unconditional rows."""
+        down_sum = mid_sum = None
+        for s in self.steers:
+            if not active(s.unit, frac):
+                continue
+            rows = torch.arange(x.shape[0], device=x.device)
+            if s.unit.mode == COND_ONLY:
+                rows = rows[~uncond]
+            if len(rows) == 0:
+                continue
+            w = s.weights.to(x.device)[samples[rows]]
+            if not bool((w != 0).any()):
+                continue
+            down, mid = s.net(x[rows], t, encoder_hidden_states=ctx[rows],
+                              controlnet_cond=s.cond.expand(len(rows), -1, -1, -1), conditioning_scale=1.0,
+                              return_dict=False)
+            scales = soft_scales(len(down) + 1, s.unit.mode)
+            if down_sum is None:
+                down_sum = [torch.zeros((x.shape[0],) + tuple(d.shape[1:]), device=x.device, dtype=d.dtype) for d in down]
+                mid_sum = torch.zeros((x.shape[0],) + tuple(mid.shape[1:]), device=x.device, dtype=mid.dtype)
+            ww = w.to(mid.dtype).view(-1, 1, 1, 1)
+            for k, d in enumerate(down):
+                down_sum[k][rows] += d * (ww * scales[k])
+            mid_sum[rows] += mid * (ww * scales[-1])
+        return down_sum, mid_sum
+
+
+class Control:
+    """The ControlNet units of one render: their nets (loaded once) and their maps at each pass's size."""
+
+    def __init__(self, units, library, model):
+        from loracam.control.preprocess import PREPROCESSORS
+
+        self.units = tuple(units)
+        self.model = model
+        self.files = [library.find(u, PREPROCESSORS[u.kind].keyword, model.name) for u in self.units]
+        self.nets = [library.load(f, model.device, model.dtype, model.unet.config) for f in self.files]
+        for f, net in zip(self.files, self.nets):
+            _check_factor(net, model.vae_scale_factor, f.name)
+        self._maps: dict = {}
+        self._latest: dict = {}  # size -> the maps last made at it (what the infotext describes)
+        self.notes: list[str] = []
+
+    def needs_own_image(self) -> bool:
+        return any(not u.source for u in self.units)
+
+    def maps(self, size: tuple[int, int], own: Image.Image | None = None) -> list:
+        """Each unit's ControlMap at ``size``; made once per size and own image."""
+        from loracam.control.preprocess import control_map
+
+        key = (tuple(size), id(own) if own is not None and self.needs_own_image() else None)
+        if key not in self._maps:
+            made = [control_map(u, size, own) for u in self.units]
+            for m in made:
+                self.notes += [n for n in m.notes if n not in self.notes]
+            self._maps[key] = made
+        self._latest[tuple(size)] = self._maps[key]
+        return self._maps[key]
+
+    def guidance(self, size: tuple[int, int], samples, own: Image.Image | None = None) -> Guidance:
+        maps = self.maps(size, own)
+        steers = []
+        for i, (u, net, m) in enumerate(zip(self.units, self.nets, maps)):
+            w = torch.tensor([s.control_weights[i] if s.control_weights else u.weight for s in samples],
+                             dtype=torch.float32)
+            steers.append(Steer(u, net, map_tensor(m.image, self.model.device, self.model.dtype), w))
+        return Guidance(steers)
+
+    def infotext(self, sample, size: tuple[int, int]) -> dict:
+        """sd-webui-controlnet's ``ControlNet N`` keys for one sample."""
+        from loracam.control.units import infotext_value
+
+        out = {}
+        for i, (u, f, m) in enumerate(zip(self.units, self.files, self._latest[tuple(size)])):
+            weighted = u.with_weight(sample.control_weights[i]) if sample.control_weights else u
+            out[f"ControlNet {i}"] = infotext_value(weighted, m.module, f.label, m.res, m.thresholds)
+        return out
+
+
+def _check_factor(net, factor: int, name: str) -> None:
+    """The hint encoder must shrink the map to the latents' size: 2 ** (its stages - 1) == the VAE's factor."""
+    stages = len(net.config.conditioning_embedding_out_channels)
+    if 2 ** (stages - 1) != factor:
+        raise LoracamError(f"{name} shrinks its control map {2 ** (stages - 1)}x, this base's VAE {factor}x: "
+                           "use a ControlNet made for this base")

@@ -1,0 +1,219 @@
+"""ControlNet models: found by name, file stem, hash or type in the ControlNet folders, loaded offline.
+
+Formats: diffusers folders (config.json + weights); single files (.safetensors, or .pth/.pt loaded
+weights-only: torch's safe loader, which runs no code) with lllyasviel's LDM names (``control_model.*``)
+or diffusers' names. A single file's config comes from loracam's own metadata when it has it, else the
+SD1.5 ControlNet config loracam ships (loracam/models/configs/controlnet_sd15), so nothing is fetched.
+Infotexts name a model ``stem [hash]``, the hash A1111's: the first 8 hex of the sha256 of 64 KiB read at
+offset 1 MiB of the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from loracam.errors import LoracamError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "models" / "configs" / "controlnet_sd15"
+TOY_CONTROLNET = Path(__file__).resolve().parent.parent / "toy" / "controlnet_openpose"
+BUILTINS = {"toy-openpose": TOY_CONTROLNET}  # shipped with loracam: usable without --controlnet-dir
+SUFFIXES = (".safetensors", ".pth", ".pt")
+CONFIG_KEY = "loracam_controlnet_config"
+_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def a1111_hash(path: Path) -> str:
+    """A1111's short model hash: sha256 of the 0x10000 bytes at 0x100000, first 8 hex (empty past the end)."""
+    with open(path, "rb") as f:
+        f.seek(0x100000)
+        return hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class NetFile:
+    name: str  # what the infotext shows: the file's stem (a folder's name)
+    path: Path  # a single file, or a diffusers folder
+
+    @property
+    def weights(self) -> Path:
+        """The file the hash is taken of."""
+        if self.path.is_dir():
+            for w in _WEIGHT_FILES:
+                if (self.path / w).exists():
+                    return self.path / w
+            raise LoracamError(f"{self.path} has a config.json but no ControlNet weights ({' or '.join(_WEIGHT_FILES)})")
+        return self.path
+
+    @property
+    def short_hash(self) -> str:
+        return a1111_hash(self.weights)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} [{self.short_hash}]"
+
+
+class ControlNets:
+    """The ControlNets of some folders (plus the built-in toy one), loaded once each and kept."""
+
+    def __init__(self, dirs: Sequence[Path] = ()):
+        self.dirs = [Path(d) for d in dirs]
+        self._loaded: dict[tuple, torch.nn.Module] = {}
+        self._lock = threading.Lock()
+
+    def files(self) -> list[NetFile]:
+        out = [NetFile(n, p) for n, p in BUILTINS.items() if (p / "config.json").exists()]
+        for d in self.dirs:
+            if not d.is_dir():
+                raise LoracamError(f"ControlNet folder not found: {d}")
+            for f in sorted(d.iterdir()):
+                if f.suffix.lower() in SUFFIXES and f.is_file():
+                    out.append(NetFile(f.stem, f))
+                elif f.is_dir() and (f / "config.json").exists():
+                    out.append(NetFile(f.name, f))
+        return out
+
+    def find(self, unit, keyword: str, base_name: str = "") -> NetFile:
+        """The model a unit asks for: its ``model`` (a path, name, stem or hash), else by its type's keyword."""
+        if unit.model:
+            return self._named(unit.model)
+        files = self.files()
+        if base_name == "toy":  # the toy world's own ControlNets answer for the toy base first
+            toy = [f for f in files if f.name.startswith("toy-") and keyword and keyword in f.name]
+            if toy:
+                return toy[0]
+        hits = [f for f in files if keyword and keyword in f.name.lower() and not f.name.startswith("toy-")]
+        if len(hits) > 1:
+            sd15 = [f for f in hits if "sd15" in f.name.lower()]
+            hits = sd15 if len(sd15) == 1 else hits
+        if len(hits) == 1:
+            return hits[0]
+        where = ", ".join(map(str, self.dirs)) or "no --controlnet-dir given"
+        if not hits:
+            raise LoracamError(f"no {unit.kind} ControlNet found ({where}); put one there (e.g. "
+                               f"control_v11p_sd15_{keyword or 'openpose'}.safetensors) or name it with "
+                               f"{unit.kind}:SOURCE:model=NAME_OR_PATH")
+        raise LoracamError(f"several {unit.kind} ControlNets match ({', '.join(f.name for f in hits)}); pick one with "
+                           f"{unit.kind}:SOURCE:model=NAME")
+
+    def _named(self, ref: str) -> NetFile:
+        path = Path(ref)
+        if path.exists():
+            return NetFile(path.stem if path.is_file() else path.name, path)
+        files = self.files()
+        for f in files:  # the infotext's label "stem [hash]", or either half of it
+            stem, _, h = ref.partition(" [")
+            if f.name == stem.strip() or f.name.lower() == ref.lower():
+                return f
+        for f in files:
+            h = ref.strip().strip("[]").lower()
+            if len(h) == 8 and f.short_hash == h:
+                return f
+        where = ", ".join(map(str, self.dirs)) or "no --controlnet-dir given"
+        raise LoracamError(f"ControlNet {ref!r} not found ({where}); known: "
+                           f"{', '.join(f.name for f in files) or 'none'}")
+
+    def load(self, net: NetFile, device, dtype, unet_config) -> torch.nn.Module:
+        """The ControlNetModel of ``net`` on ``device``/``dtype``, checked against the base U-Net."""
+        key = (str(net.path.resolve()), str(device), str(dtype))
+        with self._lock:
+            if key not in self._loaded:
+                model = load_controlnet(net.path)
+                check_fits(model.config, unet_config, net.name)
+                self._loaded[key] = model.to(device, dtype).eval().requires_grad_(False)
+            return self._loaded[key]
+
+
+def load_controlnet(path: Path):
+    """A ControlNetModel from a diffusers folder or a single file (see the module's docstring)."""
+    from diffusers import ControlNetModel
+
+    if path.is_dir():
+        try:
+            return ControlNetModel.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError, EnvironmentError) as exc:
+            raise LoracamError(f"{path} could not be loaded as a diffusers ControlNet folder ({exc})") from None
+    state, meta = _read_state(path)
+    config = json.loads(meta[CONFIG_KEY]) if CONFIG_KEY in meta else _shipped_config()
+    _check_kind(state, path.name)
+    if any(k.startswith("control_model.") for k in state):
+        from loracam.models.ldm import controlnet_from_ldm
+
+        try:
+            state = controlnet_from_ldm(state, config)
+        except LoracamError as exc:
+            raise LoracamError(f"{path.name}: {exc}") from None
+    with torch.device("meta"):
+        model = ControlNetModel.from_config(config)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise LoracamError(f"{path.name} does not fit an SD1.5 ControlNet ({str(exc).splitlines()[0]})") from None
+    return model.float()
+
+
+def _shipped_config() -> dict:
+    return json.loads((CONFIG_DIR / "config.json").read_text(encoding="utf-8"))
+
+
+def _read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        except Exception as exc:  # safetensors raises several types for damaged files
+            raise LoracamError(f"{path.name} could not be read as safetensors ({exc}); the file is damaged "
+                               "or incomplete: download it again") from None
+    if suffix in (".pth", ".pt"):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise LoracamError(f"{path.name} could not be loaded weights-only ({type(exc).__name__}); it is "
+                               "damaged or holds more than tensors: use a .safetensors version") from None
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict):
+            raise LoracamError(f"{path.name} holds a {type(state).__name__}, not a ControlNet's tensors")
+        return state, {}
+    raise LoracamError(f"{path.name}: ControlNets are .safetensors or .pth files, or diffusers folders")
+
+
+def _check_kind(state: dict, name: str) -> None:
+    """Say what a file is when it is not an SD1.5 ControlNet."""
+    keys = list(state)
+    if any(k.startswith(("lora_unet_", "lora_te")) or ".lora_down." in k for k in keys):
+        raise LoracamError(f"{name} is a LoRA, not a ControlNet: put it in --lora-dir and use <lora:NAME:W>")
+    if any(k.startswith("model.diffusion_model.") for k in keys):
+        raise LoracamError(f"{name} is a Stable Diffusion checkpoint, not a ControlNet: pass it as --base")
+    ldm = any(k.startswith("control_model.") for k in keys)
+    if not ldm and "controlnet_cond_embedding.conv_in.weight" not in state:
+        raise LoracamError(f"{name} is not a ControlNet (no control_model.* or controlnet_cond_embedding "
+                           "weights); T2I-Adapters and control-LoRAs are not supported")
+    if any("label_emb" in k or "add_embedding" in k for k in keys):
+        raise LoracamError(f"{name} is an SDXL ControlNet; loracam's bases are SD1.x: use an SD1.5 ControlNet "
+                           "(control_v11p_sd15_...)")
+    probe = "control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight" if ldm else \
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+    if probe in state and state[probe].shape[1] in (1024, 2048):
+        family = {1024: "SD2.x", 2048: "SDXL"}[state[probe].shape[1]]
+        raise LoracamError(f"{name} is an {family} ControlNet; loracam's bases are SD1.x: use an SD1.5 ControlNet")
+
+
+def check_fits(config, unet_config, name: str) -> None:
+    """A ControlNet adds its residuals to the U-Net's skip connections: the widths must be the U-Net's."""
+    if config.get("addition_embed_type") == "text_time" or config.get("cross_attention_dim") == 2048:
+        raise LoracamError(f"{name} is an SDXL ControlNet; loracam's bases are SD1.x: use an SD1.5 ControlNet")
+    mine = (list(config["block_out_channels"]), config["cross_attention_dim"], config["layers_per_block"])
+    base = (list(unet_config["block_out_channels"]), unet_config["cross_attention_dim"], unet_config["layers_per_block"])
+    if mine != base:
+        raise LoracamError(f"{name} was made for another base (widths {mine[0]}, text width {mine[1]}; this base "
+                           f"has {base[0]}, {base[1]}): use a ControlNet for this model's family")

@@ -1,0 +1,145 @@
+"""Control maps from what the user gives: a name -> preprocessor table (openpose, canny, tile, image).
+
+Each preprocessor works at its processor resolution (the source's short side scaled to 512 unless given,
+A1111's "Processor Res"), then the map is brought to the render size by the unit's resize mode, and the
+user is told when that changed the aspect. The module names are sd-webui-controlnet's, so an infotext reads
+the same in A1111.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from loracam.control.resize import fit, processor_size
+from loracam.errors import LoracamError
+
+DEFAULT_RES = 512
+CANNY_LOW, CANNY_HIGH = 100, 200
+
+
+@dataclass(frozen=True)
+class ControlMap:
+    """A preprocessed map at the render size, and what the infotext says of how it was made."""
+
+    image: np.ndarray  # [H, W, 3] uint8 RGB
+    module: str  # sd-webui-controlnet's module name
+    res: int  # processor resolution (-1 when none applies)
+    thresholds: tuple[float, float] = (-1, -1)
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    module: str  # the name the infotext records
+    keyword: str  # how a matching model file is recognised by its name (control_v11p_sd15_openpose)
+    make: Callable  # (unit, source, own_image) -> (map at processor size, res, thresholds)
+    needs_source: bool = True  # False: an empty source means the pass's own image
+
+
+def _load_rgb(path: str, what: str) -> np.ndarray:
+    from loracam.generate.images import load_image
+
+    return np.asarray(load_image(path, what).convert("RGB"))
+
+
+def _source_image(unit, own: Image.Image | None) -> np.ndarray:
+    if unit.source:
+        return _load_rgb(unit.source, f"the {unit.kind} ControlNet's image")
+    if own is None:
+        raise LoracamError(f"the {unit.kind} ControlNet has no source: give one ({unit.kind}:IMAGE), or use it "
+                           "where there is an image of its own (img2img, hires fix, a detail pass)")
+    return np.asarray(own.convert("RGB"))
+
+
+def _openpose(unit, own):
+    from loracam.control.openpose import Pose
+
+    src = unit.source
+    if not src and own is not None:  # a detail pass's crop, or img2img's own image: detect on it
+        return _pose_of_photo(Image.fromarray(np.asarray(own.convert("RGB"))), unit, "the image")
+    path = Path(src)
+    if path.suffix.lower() == ".json":
+        pose = Pose.load(path)
+        return pose.draw(), -1, (-1, -1)
+    if path.exists():
+        from loracam.generate.images import load_image
+
+        return _pose_of_photo(load_image(src, "the openpose ControlNet's photo"), unit, src)
+    from loracam.control.templates import load_template
+
+    try:
+        pose = load_template(src)
+    except LoracamError as exc:
+        raise LoracamError(f"openpose source {src!r} is neither a file nor a pose template: {exc}") from None
+    return pose.draw(), -1, (-1, -1)
+
+
+def _pose_of_photo(photo: Image.Image, unit, name: str):
+    from loracam.control.photo import pose_from_photo
+
+    res = unit.processor_res if unit.processor_res > 0 else DEFAULT_RES
+    work = photo.resize(processor_size(photo.size, res), Image.LANCZOS)
+    pose = pose_from_photo(work, name=name)
+    return pose.draw(work.size), res, (-1, -1)
+
+
+def _canny(unit, own):
+    import cv2
+
+    rgb = _source_image(unit, own)
+    res = unit.processor_res if unit.processor_res > 0 else DEFAULT_RES
+    low = unit.threshold_a if unit.threshold_a >= 0 else CANNY_LOW
+    high = unit.threshold_b if unit.threshold_b >= 0 else CANNY_HIGH
+    if low > high:
+        raise LoracamError(f"canny thresholds: low {low:g} is above high {high:g}")
+    w, h = processor_size((rgb.shape[1], rgb.shape[0]), res)
+    work = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA if w * h < rgb.shape[0] * rgb.shape[1]
+                      else cv2.INTER_CUBIC)
+    edges = cv2.Canny(work, low, high)
+    return np.repeat(edges[..., None], 3, axis=2), res, (low, high)
+
+
+def _tile(unit, own):
+    # tile_resample at its default rate 1: the image itself, fitted to the render size like any map
+    return _source_image(unit, own), -1, (-1, -1)
+
+
+def _image(unit, own):
+    return _source_image(unit, own), -1, (-1, -1)
+
+
+PREPROCESSORS: dict[str, Preprocessor] = {
+    "openpose": Preprocessor("openpose", "openpose", _openpose),
+    "canny": Preprocessor("canny", "canny", _canny),
+    "tile": Preprocessor("tile_resample", "tile", _tile, needs_source=False),
+    "image": Preprocessor("none", "", _image),
+}
+
+
+def check_kind(kind: str) -> str:
+    k = kind.strip().lower()
+    if k not in PREPROCESSORS:
+        raise LoracamError(f"unknown ControlNet type {kind!r}; use one of: {', '.join(PREPROCESSORS)}")
+    return k
+
+
+def control_map(unit, size: tuple[int, int], own: Image.Image | None = None) -> ControlMap:
+    """The unit's map at the render ``size`` (width, height); ``own`` is the pass's own image, if any."""
+    pre = PREPROCESSORS[unit.kind]
+    if unit.premade:  # a map saved beside an earlier render: the infotext's settings, no preprocessing
+        raw, res, thresholds = _image(unit, own)[0], unit.processor_res, (unit.threshold_a, unit.threshold_b)
+    else:
+        raw, res, thresholds = pre.make(unit, own)
+    notes = []
+    h, w = raw.shape[:2]
+    if abs((w / h) / (size[0] / size[1]) - 1) > 0.01:  # another aspect: the resize mode decides, and we say so
+        how = {"Crop and Resize": "cropped to fit", "Resize and Fill": "padded with black",
+               "Just Resize": "stretched"}[unit.resize]
+        notes.append(f"the {unit.kind} control image is {w}x{h}, the render {size[0]}x{size[1]}: another aspect, "
+                     f"so it was {how} ({unit.resize}; :resize=... picks another mode)")
+    return ControlMap(fit(raw, size, unit.resize), pre.module, res, thresholds, tuple(notes))
