@@ -158,6 +158,10 @@ def grid(
     hires_upscaler: Optional[str] = typer.Option(None, "--hires-upscaler"),
     hires_steps: Optional[int] = typer.Option(None, "--hires-steps"),
     upscaler_dir: Optional[List[Path]] = typer.Option(None, "--upscaler-dir"),
+    controlnet: Optional[List[str]] = typer.Option(None, "--controlnet", help=CONTROLNET_HELP),
+    control_mode: Optional[str] = typer.Option(None, "--control-mode"),
+    resize_mode: Optional[str] = typer.Option(None, "--resize-mode"),
+    controlnet_dir: Optional[List[Path]] = typer.Option(None, "--controlnet-dir"),
     device: Optional[str] = typer.Option(None, "--device"),
     precision: Optional[str] = typer.Option(None, "--precision"),
     output: Path = typer.Option(Path("outputs/grids"), "-o", "--output"),
@@ -173,7 +177,9 @@ def grid(
     fields = dict(prompt=prompt, negative=negative, base=base, seed=seed, sampler=sampler, schedule=schedule,
                   steps=steps, cfg=cfg, width=width, height=height, clip_skip=clip_skip, device=device,
                   precision=precision, lora_dirs=tuple(map(str, lora_dir)) if lora_dir else None, denoising=denoising,
-                  **hires_flags(hires_scale, hires_resize, hires_upscaler, hires_steps, upscaler_dir))
+                  **hires_flags(hires_scale, hires_resize, hires_upscaler, hires_steps, upscaler_dir),
+                  controlnet=from_flags(controlnet, control_mode, resize_mode) or None,
+                  controlnet_dirs=tuple(map(str, controlnet_dir)) if controlnet_dir else None)
     req = from_dict(GenRequest, {k: v for k, v in fields.items() if v is not None}, where="grid options")
     if seeds is not None and seeds < 1:
         raise LoracamError("--seeds must be at least 1")

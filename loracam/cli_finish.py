@@ -59,7 +59,16 @@ def detail_unit(spec: str) -> tuple:
 
     if not spec.strip() or spec.strip().lower() == "none":
         return ()
+    from loracam.errors import LoracamError
+
     kind, _, rest = spec.partition(":")
+    first = rest.split(":")[0].strip()
+    if first and "=" not in first:
+        try:
+            float(first)
+        except ValueError:
+            raise LoracamError(f"--detail-controlnet {spec!r}: a detail pass's ControlNet is steered by its own "
+                               "region (no source): write TYPE[:WEIGHT[:START:END]], e.g. openpose:0.8") from None
     return (ControlUnit.parse(f"{kind}::{rest}" if rest else f"{kind}:"),)
 
 

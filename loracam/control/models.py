@@ -127,7 +127,9 @@ class ControlNets:
             if key not in self._loaded:
                 model = load_controlnet(net.path)
                 check_fits(model.config, unet_config, net.name)
-                self._loaded[key] = model.to(device, dtype).eval().requires_grad_(False)
+                if dtype != torch.float32:
+                    model = model.half() if dtype == torch.float16 else model.to(dtype=dtype)
+                self._loaded[key] = model.to(device).eval().requires_grad_(False)
             return self._loaded[key]
 
 
@@ -141,8 +143,8 @@ def load_controlnet(path: Path):
         except (OSError, ValueError, EnvironmentError) as exc:
             raise LoracamError(f"{path} could not be loaded as a diffusers ControlNet folder ({exc})") from None
     state, meta = _read_state(path)
-    config = json.loads(meta[CONFIG_KEY]) if CONFIG_KEY in meta else _shipped_config()
     _check_kind(state, path.name)
+    config = _config_of(path, meta)
     if any(k.startswith("control_model.") for k in state):
         from loracam.models.ldm import controlnet_from_ldm
 
@@ -159,8 +161,34 @@ def load_controlnet(path: Path):
     return model.float()
 
 
-def _shipped_config() -> dict:
+def _config_of(path: Path, meta: dict) -> dict:
+    """The file's own config (loracam's metadata), a ``STEM.json`` diffusers config beside it, or SD1.5's."""
+    try:
+        if CONFIG_KEY in meta:
+            return json.loads(meta[CONFIG_KEY])
+        side = path.with_suffix(".json")
+        if side.exists():
+            return json.loads(side.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise LoracamError(f"{path.name}: its ControlNet config is not valid JSON ({exc})") from None
     return json.loads((CONFIG_DIR / "config.json").read_text(encoding="utf-8"))
+
+
+def save_single_file(controlnet, path: Path) -> Path:
+    """Write a ControlNetModel as an LDM single file (``control_model.*``, what A1111 and ComfyUI load), its
+    diffusers config in the metadata so loracam loads other sizes than SD1.5's back offline."""
+    from safetensors.torch import save_file
+
+    from loracam.io import atomic_write
+    from loracam.models.ldm import controlnet_to_ldm
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in controlnet_to_ldm(controlnet).items()}
+    config = {k: v for k, v in dict(controlnet.config).items() if not k.startswith("_")}
+    meta = {CONFIG_KEY: json.dumps(config, sort_keys=True)}
+    try:
+        return atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+    except FileExistsError:
+        raise LoracamError(f"{path} already exists; choose another name") from None
 
 
 def _read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:

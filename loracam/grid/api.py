@@ -53,7 +53,12 @@ def run_grid(req: GenRequest, specs: list[AxisSpec | None], opts: GridOptions, m
         library.find(name)  # a LoRA that no file provides fails now, before any cell renders
     if not opts.force:
         check_size(n, w, h)
-    runner = GridRunner(models, library, (device, dtype), outdir / "cell-cache", progress)
+    controls = None
+    if req.controlnet:
+        from loracam.control.models import ControlNets
+
+        controls = ControlNets([Path(d) for d in req.controlnet_dirs])
+    runner = GridRunner(models, library, (device, dtype), outdir / "cell-cache", progress, controls)
     result = runner.run(cells, opts)
     labels = [[a.format(v) for v in a.values] if a else [""] for a in axes]
     result.grid = draw_grid(_same_size(result), labels[0], labels[1], labels[2])

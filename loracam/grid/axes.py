@@ -64,19 +64,21 @@ class Cell:
     base: str | None = None  # None: the built-in toy model
     loras: tuple[LoraRef, ...] = ()  # left empty: read from the tags of prompt, then negative
     hires: HiresFix | None = None
+    control: tuple = ()  # ControlNet units (loracam.control.units.ControlUnit), shared by a batch
+    control_weights: tuple[float, ...] = ()  # per unit, this cell's own; (): the units' weights
 
     def shared(self) -> "Shared":
         """What this cell must share with the others of its batch."""
         from loracam.generate.request import Shared
 
         return Shared(self.width, self.height, self.steps, self.sampler, self.schedule, self.clip_skip, self.denoising,
-                      hires=self.hires)
+                      hires=self.hires, control=self.control)
 
     def sample(self) -> "Sample":
-        """What this cell may have of its own inside a batch."""
+        """What this cell may have of its own inside a batch (ControlNet weights too: they scale rows)."""
         from loracam.generate.request import Sample
 
-        return Sample(self.prompt, self.negative, self.seed, self.cfg, self.loras)
+        return Sample(self.prompt, self.negative, self.seed, self.cfg, self.loras, self.control_weights)
 
     def __post_init__(self):
         if not self.loras:
@@ -225,6 +227,17 @@ def _set_hires(name: str, cell: Cell, value: Any) -> Cell:
     if cell.hires is None:
         raise LoracamError(f"a Hires {name} axis needs hires fix on: add --hires-scale or --hires-resize")
     return replace(cell, hires=replace(cell.hires, **{name: value}))
+
+
+def _set_control_weight(cell: Cell, value: float) -> Cell:
+    """sd-webui-controlnet's "[ControlNet] Weight" axis: the first unit's weight, per cell (so it batches)."""
+    if not cell.control:
+        raise LoracamError("a [ControlNet] Weight axis needs a ControlNet: give --controlnet TYPE:SOURCE")
+    if value < 0:
+        raise LoracamError(f"a ControlNet weight is 0 or more (got {value:g})")
+    weights = list(cell.control_weights or (u.weight for u in cell.control))
+    weights[0] = float(value)
+    return replace(cell, control_weights=tuple(weights))
 
 
 def _hires_steps(v: int) -> int:
@@ -418,6 +431,7 @@ AXIS_TYPES: dict[str, AxisType] = _table(
     _field_type("Denoising", "float", _set_denoising, _strength, ("denoising strength", "denoise", "strength")),
     _field_type("Hires steps", "int", partial(_set_hires, "steps"), _hires_steps, ("hires step",)),
     _field_type("Hires upscaler", "str", partial(_set_hires, "upscaler"), aliases=("hires upscale model",)),
+    _field_type("[ControlNet] Weight", "float", _set_control_weight, aliases=("controlnet weight", "cn weight")),
     _field_type("Checkpoint name", "str", partial(_set, "base"), aliases=("checkpoint", "ckpt", "model", "base"),
                 shows=_show_checkpoint, labelled=False),
     _lora_type("", "both"),

@@ -53,7 +53,7 @@ def base_cell(req: GenRequest, width: int, height: int, rng: random.Random) -> C
     # loras left empty: Cell reads them from the prompt's and the negative prompt's tags, as gen does
     return Cell(prompt=req.prompt, negative=req.negative, seed=seed, cfg=req.cfg, steps=req.steps, sampler=sampler,
                 schedule=schedule, width=width, height=height, clip_skip=req.clip_skip, denoising=None, base=req.base,
-                hires=req.hires)
+                hires=req.hires, control=tuple(req.controlnet))
 
 
 def cells_of(base: Cell, axes: Sequence[Axis | None], opts: GridOptions, rng: random.Random,
@@ -95,8 +95,9 @@ def fingerprint(cell: Cell, model_id: str, lora_hashes: dict[str, str]) -> str:
 class GridRunner:
     """Renders the cells of a grid with one model cache and one LoRA library."""
 
-    def __init__(self, models, library, device_dtype, cache_dir: Path | None, progress: Progress | None = None):
-        self.models, self.library = models, library
+    def __init__(self, models, library, device_dtype, cache_dir: Path | None, progress: Progress | None = None,
+                 controls=None):
+        self.models, self.library, self.controls = models, library, controls
         self.device, self.dtype = device_dtype
         self.cache_dir = cache_dir
         self.progress = progress
@@ -133,6 +134,9 @@ class GridRunner:
 
     def _fingerprint(self, cell: Cell) -> str:
         hashes = {r.name: self.library.short_hash(r.name) for r in cell.loras}
+        # a control image edited in place must not be answered from the cache: its bytes count, not its name
+        hashes.update({f"control {i}": self.models.hash_cache.sha256(Path(u.source))
+                       for i, u in enumerate(cell.control) if u.source and Path(u.source).is_file()})
         return fingerprint(cell, self._model_id(cell.base), hashes)
 
     def _model_id(self, ref: str | None) -> str:
@@ -155,7 +159,7 @@ class GridRunner:
         while start < len(samples):
             chunk = samples[start : start + size]
             try:
-                out += render_samples(model, shared, chunk, self.library)
+                out += render_samples(model, shared, chunk, self.library, controls=self.controls)
             except torch.cuda.OutOfMemoryError:
                 if size == 1:
                     raise LoracamError("out of GPU memory even at batch size 1: lower the size or steps") from None
@@ -197,6 +201,13 @@ class GridRunner:
 
 
 def save_cells(result: GridResult, outdir: Path) -> list[Path]:
-    """Every cell as its own numbered PNG with its full infotext (re-render one with gen --from)."""
-    return [save_png(r.image, r.infotext, outdir, r.seed) for plane in result.cells for row in plane for r in row]
+    """Every cell as its own numbered PNG with its full infotext (re-render one with gen --from), and its
+    ControlNet maps beside it when it was rendered in this run."""
+    from loracam.control.store import save_maps
+
+    paths = []
+    for r in (r for plane in result.cells for row in plane for r in row):
+        paths.append(save_png(r.image, r.infotext, outdir, r.seed))
+        save_maps(paths[-1], r.control_maps)
+    return paths
 
