@@ -120,6 +120,9 @@ def detail(
     detail_confidence: float = typer.Option(0.3, "--detail-confidence"),
     detail_padding: Optional[int] = typer.Option(None, "--detail-padding"),
     detail_mask_blur: Optional[int] = typer.Option(None, "--detail-mask-blur"),
+    detail_controlnet: Optional[List[str]] = typer.Option(None, "--detail-controlnet",
+                                                          help="TYPE[:WEIGHT[:START:END]] for the Nth --detail pass."),
+    controlnet_dir: Optional[List[Path]] = typer.Option(None, "--controlnet-dir", help="Folder with ControlNet models."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="For images without infotext: their prompt."),
     negative: str = typer.Option("", "--negative"),
     seed: int = typer.Option(0, "--seed", help="For images without infotext."),
@@ -136,9 +139,10 @@ def detail(
 
     check_writable_dir(output)
     done = detail_files(images, detail_passes(passes, detail_denoising, detail_confidence, detail_padding,
-                                              detail_mask_blur),
+                                              detail_mask_blur, detail_controlnet),
                         output, services(), prompt=prompt, negative=negative, seed=seed, base=base,
-                        ckpt_dirs=tuple(ckpt_dir or ()), lora_dirs=tuple(lora_dir or ()), device=device)
+                        ckpt_dirs=tuple(ckpt_dir or ()), lora_dirs=tuple(lora_dir or ()), device=device,
+                        controlnet_dirs=tuple(controlnet_dir or ()))
     for path, notes in done:
         for note in notes:
             typer.secho(f"note: {note}", err=True, fg=typer.colors.YELLOW)

@@ -474,3 +474,28 @@ def test_unknown_template_lists_the_shipped_ones(models, nets):
                      controlnet_dirs=(str(nets["dir"]),))
     with pytest.raises(LoracamError, match="neither a file nor a pose template.*standing"):
         generate(req, models)
+
+
+def test_loracam_detail_on_a_controlnet_image_brings_its_own(nets, tmp_path):
+    """`loracam detail` re-renders regions only: the image's ControlNet maps need not be beside it."""
+    from typer.testing import CliRunner
+
+    from loracam.cli import app
+
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["gen", "a cat", "--base", "random:tiny", "--steps", "3", "--seed", "2",
+                                 "--controlnet", f"image:{nets['photo']}:model=tiny_sd15_canny",
+                                 "--controlnet-dir", str(nets["dir"]), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    (out / "00000-2-control0.png").unlink()
+    mask = tmp_path / "m.png"
+    m = np.zeros((64, 64), np.uint8)
+    m[10:40, 10:40] = 255
+    Image.fromarray(m).save(mask)
+    r = CliRunner().invoke(app, ["detail", str(out / "00000-2.png"), "--detail", f"mask:{mask}", "--detail-controlnet",
+                                 "tile:0.5:model=tiny_sd15_canny", "--controlnet-dir", str(nets["dir"]),
+                                 "-o", str(tmp_path / "d")])
+    assert r.exit_code == 0, r.output
+    [done] = list((tmp_path / "d").glob("*.png"))
+    text = Image.open(done).info["parameters"]
+    assert "ControlNet 0: " in text and "ADetailer ControlNet weight: 0.5" in text

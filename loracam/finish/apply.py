@@ -16,7 +16,8 @@ from loracam.io import writable_dir
 
 def detail_files(inputs: Sequence[Path], passes: Sequence[DetailPass], output: Path, models, prompt: str | None = None,
                  negative: str = "", seed: int = 0, base: str | None = None, ckpt_dirs: tuple = (),
-                 lora_dirs: tuple = (), device: str | None = None) -> list[tuple[Path, list[str]]]:
+                 lora_dirs: tuple = (), device: str | None = None,
+                 controlnet_dirs: tuple = ()) -> list[tuple[Path, list[str]]]:
     """Every image through ``passes``; all are read and checked before the first is rendered."""
     from loracam.generate.api import load_model
     from loracam.lora import LoraLibrary
@@ -24,11 +25,14 @@ def detail_files(inputs: Sequence[Path], passes: Sequence[DetailPass], output: P
     jobs = [_job(f, prompt, negative, seed, base, ckpt_dirs, lora_dirs, device, models) for f in image_files(inputs)]
     out_dir = writable_dir(output)
     detectors, done = Detectors(), []
+    from loracam.control.models import ControlNets
+
+    controls = ControlNets([Path(d) for d in controlnet_dirs])
     for path, image, text, req, info in jobs:
         model = load_model(req, models)
         library = LoraLibrary([Path(d) for d in req.lora_dirs], models.hash_cache)
         made, shared = _made(req, model, image.size)
-        result = run_passes(image, made, shared, passes, model, library, detectors, path.name)
+        result = run_passes(image, made, shared, passes, model, library, detectors, path.name, controls)
         text = {**text, "parameters": _infotext(info, req, result.params)}
         done.append((save_free(out_dir, path.stem, result.image, text), result.notes))
     return done
@@ -43,7 +47,8 @@ def _job(path: Path, prompt, negative, seed, base, ckpt_dirs, lora_dirs, device,
     overrides = dict(lora_dirs=tuple(map(str, lora_dirs)) or None, device=device)
     if text.get("parameters"):
         info = parse_infotext(text["parameters"])
-        req = request_from_infotext(info, base, [Path(d) for d in ckpt_dirs], models,
+        # controlnet=(): the image's own ControlNets made it; the passes bring theirs
+        req = request_from_infotext(info, base, [Path(d) for d in ckpt_dirs], models, controlnet=(),
                                     **{k: v for k, v in overrides.items() if v is not None})
         return path, image, text, replace(req, detail=()), info
     if prompt is None:

@@ -215,7 +215,7 @@ def request_from_infotext(info: Infotext, base: str | None, ckpt_dirs: Sequence[
         from loracam.finish.detail import from_infotext as detail_from_infotext
 
         fields["detail"] = detail_from_infotext(p)
-        if not overrides.get("controlnet"):
+        if "controlnet" not in overrides:  # given (even empty): the caller's units replace the infotext's
             from loracam.control.store import units_from_infotext
 
             fields["controlnet"] = units_from_infotext(p, image_path)
