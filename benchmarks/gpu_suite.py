@@ -238,11 +238,24 @@ def section_upscale(s: Scale, work: Path) -> dict:
     return measure("RRDBNet 64x1, random", rrdb(1, device), (32, 48), 1, TileOptions(tile=24, overlap=4, min_tile=8))
 
 
+# ---------------------------------------------------------------------------------------------
+# controlnet
+
+
+def section_controlnet(s: Scale, work: Path) -> dict:
+    """s/image with 0, 1 and 2 SD1.5-shaped random ControlNets at 512x768 (controlnet_overhead.py's measurement)."""
+    from controlnet_overhead import measure
+
+    _, model = load_model(s)
+    return {"model": s.model, **measure(model, (s.width, s.height), s.gen_steps, 1, s.gen_reps)}
+
+
 SECTIONS: dict[str, Callable[[Scale, Path], dict]] = {
     "train": section_train,
     "generate": section_generate,
     "grid": section_grid,
     "upscale": section_upscale,
+    "controlnet": section_controlnet,
 }
 
 

@@ -18,13 +18,16 @@ def test_gpu_suite_runs_as_a_cpu_smoke_test_and_never_replaces_the_gpu_results(t
     done = subprocess.run([sys.executable, script, "--out", str(out)], capture_output=True, text=True, timeout=150)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     doc = json.loads(out.read_text())
-    assert doc["scale"]["model"] == "random:tiny" and set(doc["sections"]) == {"train", "generate", "grid", "upscale"}
+    assert doc["scale"]["model"] == "random:tiny" and set(doc["sections"]) == {"train", "generate", "grid", "upscale",
+                                                                                "controlnet"}
     train, gen, grid, up = (doc["sections"][k] for k in ("train", "generate", "grid", "upscale"))
     assert set(train["runs"]) == {"batch1_checkpointing", "batch8", "batch8_again", "batch8_nondeterministic"}
     assert all(r["samples_per_s"] > 0 for r in train["runs"].values())
     assert train["deterministic_runs_identical"] is True  # on the CPU too: loracam's numerics are reproducible
     assert gen["batch1"]["loracam_s_per_image"] > 0 and gen["batch8"]["diffusers_s_per_image"] > 0
     assert grid["speedup"] > 0 and up["tiled_output_mp_per_s"] > 0 and "environment" in doc
+    cn = doc["sections"]["controlnet"]["s_per_image"]
+    assert cn["2_controlnets"] > cn["0_controlnets"] > 0  # two ControlNets run beside the U-Net: never free
     if not torch.cuda.is_available():  # with a GPU this would be the real run
         refused = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=60)
         assert refused.returncode == 2 and "give --out FILE" in refused.stderr
