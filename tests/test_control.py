@@ -499,3 +499,30 @@ def test_loracam_detail_on_a_controlnet_image_brings_its_own(nets, tmp_path):
     [done] = list((tmp_path / "d").glob("*.png"))
     text = Image.open(done).info["parameters"]
     assert "ControlNet 0: " in text and "ADetailer ControlNet weight: 0.5" in text
+
+
+def test_openpose_from_a_photo_a_json_and_a_template(models, nets, tmp_path):
+    from skimage import data
+
+    from loracam.control.openpose import COLOURS
+    from loracam.control.templates import load_template
+
+    Image.fromarray(data.astronaut()).save(tmp_path / "astronaut.png")
+    Image.fromarray(data.coffee()).save(tmp_path / "coffee.png")
+    (tmp_path / "pose.json").write_text(json.dumps(load_template("standing").to_json()))
+    base = dict(prompt="a person", base="random:tiny", steps=2, seed=1, width=64, height=96,
+                controlnet_dirs=(str(nets["dir"]),))
+    maps = {}
+    for name in ("astronaut.png", "pose.json", "standing"):
+        src = str(tmp_path / name) if "." in name else name
+        res = generate(GenRequest(**base, controlnet=(ControlUnit("openpose", src),)), models)
+        assert "Module: openpose, Model: tiny_sd15_openpose [" in res.images[0].infotext
+        maps[name] = res.images[0].control_maps[0]
+        assert maps[name].shape == (96, 64, 3)
+    # a template and the same pose as JSON steer with the very same map
+    assert np.array_equal(maps["pose.json"], maps["standing"])
+    # the astronaut's map holds the neck-to-nose limb's colour, shaded 0.6 (limb 12 of the convention)
+    neck_nose = np.array([int(c * 0.6) for c in COLOURS[12]])
+    assert (np.abs(maps["astronaut.png"].astype(int) - neck_nose).sum(-1) < 40).any()
+    with pytest.raises(LoracamError, match="no person"):
+        generate(GenRequest(**base, controlnet=(ControlUnit("openpose", str(tmp_path / "coffee.png")),)), models)

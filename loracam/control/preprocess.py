@@ -84,7 +84,7 @@ def _pose_of_photo(photo: Image.Image, unit, name: str):
 
     res = unit.processor_res if unit.processor_res > 0 else DEFAULT_RES
     work = photo.resize(processor_size(photo.size, res), Image.LANCZOS)
-    pose = pose_from_photo(work, name=name)
+    pose = pose_from_photo(work, where=name)
     return pose.draw(work.size), res, (-1, -1)
 
 
