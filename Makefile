@@ -46,8 +46,8 @@ toy-upscaler: setup
 toy-locator: setup
 	$(PY) -m loracam.toy.locator
 
-# The toy openpose ControlNet (loracam/toy/controlnet_openpose): ~35 min on one CPU thread, then ~1 min of
-# placement check; --force replaces the shipped folder (written aside, then swapped in).
+# The toy openpose ControlNet (loracam/toy/controlnet_openpose): ~30 min on one CPU thread (it trains on one:
+# see --threads), then ~1 min of placement check; --force replaces the shipped folder (written aside, swapped in).
 toy-controlnet: setup
 	$(PY) -m loracam.toy.controlnet --force
 

@@ -7,6 +7,7 @@ import pytest
 
 from loracam.control import openpose
 from loracam.toy import skeleton, world
+from loracam.toy.controlnet import CONTROLNET_DIR
 
 BIG = (256, 384)  # 4x the world's size: a keypoint's pixel is well inside its part
 IDX = {name: k for k, name in enumerate(openpose.NAMES)}
@@ -96,3 +97,69 @@ def test_the_control_map_is_the_render_size_and_drawn_where_the_doll_is():
     assert r > 100 and r > g and r > b
     blank = skeleton.control_map(replace(doll, center=5.0))
     assert blank.max() == 0  # a doll wholly off the picture leaves a black map
+
+
+# ---------------------------------------------------------------------------------------------
+# the toy ControlNet trained on these maps (loracam/toy/controlnet.py)
+
+
+def _tiny_controlnet():
+    from diffusers import ControlNetModel
+
+    return ControlNetModel(block_out_channels=(8, 16), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                           layers_per_block=1, norm_num_groups=4, cross_attention_dim=8, attention_head_dim=2,
+                           conditioning_embedding_out_channels=(4, 8, 8))
+
+
+def test_saving_a_controlnet_never_replaces_a_folder_unasked(tmp_path):
+    from loracam.toy import controlnet
+
+    out = tmp_path / "cn"
+    controlnet.save(_tiny_controlnet(), out)
+    assert (out / "config.json").exists() and (out / "diffusion_pytorch_model.safetensors").exists()
+    assert "_name_or_path" not in (out / "config.json").read_text()
+    before = (out / "diffusion_pytorch_model.safetensors").read_bytes()
+    with pytest.raises(FileExistsError):
+        controlnet.save(_tiny_controlnet(), out)
+    assert (out / "diffusion_pytorch_model.safetensors").read_bytes() == before
+    controlnet.save(_tiny_controlnet(), out, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cn"]  # no partial or old folder left behind
+    with pytest.raises(SystemExit):  # the command refuses before training, not after
+        controlnet.main(["-o", str(out), "--steps", "1"])
+
+
+def test_the_wide_camera_keeps_the_full_body_box_in_the_frame():
+    from loracam.toy import controlnet
+
+    dolls = controlnet.placement_dolls(200, 5)
+    assert all(d.framing == "full body" and d.scale >= controlnet.EVAL_MIN_SCALE for d in dolls)
+    assert all("full_body" in world.boxes(d) for d in dolls)
+    centres = [d.center for d in dolls]
+    assert min(centres) < 0.3 and max(centres) > 0.7  # wider than the base world's 0.36-0.64
+
+
+@pytest.mark.skipif(not CONTROLNET_DIR.exists(),
+                    reason="the toy ControlNet is not built (make toy-controlnet)")
+def test_the_shipped_controlnet_fits_the_toy_unet():
+    import torch
+
+    from loracam.models import ModelCache
+    from loracam.toy import controlnet
+
+    files = {p.name: p.stat().st_size for p in controlnet.CONTROLNET_DIR.iterdir()}
+    assert set(files) == {"config.json", "diffusion_pytorch_model.safetensors"}
+    assert sum(files.values()) <= 10_000_000
+    net = controlnet.load()
+    assert tuple(net.config.conditioning_embedding_out_channels) == controlnet.CONDITIONING_CHANNELS
+    model = ModelCache().get("toy", torch.device("cpu"), torch.float32)
+    latents = torch.zeros(1, 4, 24, 16)
+    ctx = controlnet.encode_text(model, [world.tags(world.Doll())])
+    cond = controlnet.to_cond(skeleton.control_map(world.Doll())[None])
+    assert cond.shape == (1, 3, 96, 64) and 0 <= float(cond.min()) and float(cond.max()) <= 1
+    with torch.no_grad():
+        down, mid = net(latents, torch.tensor([500]), encoder_hidden_states=ctx, controlnet_cond=cond,
+                        return_dict=False)
+        out = model.unet(latents, torch.tensor([500]), encoder_hidden_states=ctx,
+                         down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+    assert down[0].shape[-2:] == (24, 16) and out.shape == latents.shape
+    assert float(mid.abs().max()) > 0  # trained: the zero convolutions have moved

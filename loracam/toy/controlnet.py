@@ -19,7 +19,7 @@ rendered with and without the net from the same noise; the toy locator's boxes o
 the skeleton put the doll.
 
 Shipped as ``controlnet_openpose/`` (a diffusers folder); rebuilt by ``make toy-controlnet``
-(``python -m loracam.toy.controlnet --force``; ~35 min on one CPU thread).
+(``python -m loracam.toy.controlnet --force``; ~30 min on one CPU thread).
 """
 
 from __future__ import annotations
@@ -285,9 +285,9 @@ def placement(controlnet, model, n: int = 48, seed: int = 4242, locator=None, sc
         renders[name] = np.concatenate([
             sample(model, prompts[i:i + batch], seeds[i:i + batch], net, cond[i:i + batch], scale)
             for i in range(0, n, batch)])
-    for name in ("without", "with", "truth"):
+    for name, key in (("without", "without"), ("with", "with"), ("truth", "ceiling")):
         got = located(locator, renders[name])
-        out[name if name != "truth" else "ceiling"] = round(float(np.mean([box_iou(a, b) for a, b in zip(got, truth)])), 3)
+        out[key] = round(float(np.mean([box_iou(a, b) for a, b in zip(got, truth)])), 3)
     if images is not None:
         images.update(renders)
     return out
@@ -343,9 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     from loracam.models import ModelCache
 
     ap = argparse.ArgumentParser(prog="python -m loracam.toy.controlnet", description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=3600)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pool", type=int, default=12000, help="renders to encode once and draw batches from")
     ap.add_argument("--empty-prompt", type=float, default=0.5, help="share of samples trained with an empty prompt")
