@@ -123,6 +123,12 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "ADetailer model: toy-garment" in Image.open(detailed).info["parameters"]
     assert Image.open(big).size == (256, 384) and "Postprocess upscaler: toy-4x" in Image.open(big).text["extras"]
     assert Image.open(out / "finished.png").size == (3 * 256 + 16, 384 + 20) and "finished.png" in report
+    # posed: the standing template through the built-in toy ControlNet, weight 0 and 1, three seeds
+    posed = sorted(p.name for p in (out / "posed").glob("*.png"))
+    assert len([p for p in posed if "-control" not in p]) == 6 + 1 and len([p for p in posed if "-control0" in p]) == 6
+    text = Image.open(out / "posed" / "00001-1000.png").info["parameters"]
+    assert 'ControlNet 0: "Module: openpose, Model: toy-openpose [' in text and "Weight: 1," in text
+    assert "posed/" in report
     # a second run into the same folder refuses instead of overwriting
     again = subprocess.run([sys.executable, "-m", "loracam.cli", "demo", "-o", str(out)], capture_output=True,
                            text=True, timeout=60)

@@ -24,6 +24,9 @@ TRIGGER = "testdress"
 # crops rarely carries the pattern down to that scale (benchmarks/toy_quality.py measures full-body fidelity).
 PROMPT = "1girl, upper body, testdress, black hair, long hair, blue background"
 WEIGHTS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+# Posed: full body, steered by the shipped "standing" template through the built-in toy ControlNet
+POSED = "1girl, full body, testdress, black hair, long hair, blue background"
+POSE = "standing"
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,9 @@ def run_demo(output: Path, echo: Callable[[str], None] = print, settings: DemoSe
                   f"Seed={seeds}", "--lora-dir", out, "--steps", s.sample_steps, "-o", out / "grid"]),
         ("judge", ["toy", "judge", out / "grid", "--concept", TRIGGER, "--lora", TRIGGER,
                    "--json", out / "fidelity.json"]),
+        ("pose", ["grid", f"{POSED} <lora:{TRIGGER}:1>", "--controlnet", f"openpose:{POSE}", "--x",
+                  "[ControlNet] Weight=0,1", "--y", "Seed=1000,1001,1002", "--lora-dir", out, "--steps",
+                  s.sample_steps, "-o", out / "posed"]),
     ]
     times = {}
     for name, args in steps:
@@ -119,6 +125,7 @@ def _report(out: Path, times: dict[str, float], s: DemoSettings) -> Path:
     prob = dict((w, p) for w, p in fid["probability"])
     best = next(((w, f) for w, f in curve if f >= 0.8), None)
     grid = sorted((out / "grid").glob("*.png"))[-1]
+    posed = max((p for p in (out / "posed").glob("*.png") if "-control" not in p.name), key=lambda p: p.name)
     previews = sorted((out / f"{TRIGGER}.previews").glob("*.png"))
     rows = "\n".join(f"| {w:g} | {f:.0%} | {prob.get(w, 0):.2f} |" for w, f in curve)
     lines = [
@@ -142,6 +149,9 @@ def _report(out: Path, times: dict[str, float], s: DemoSettings) -> Path:
         "- finished: `finished.png` shows the weight-1 render of seed 1000 as rendered, after a garment detail "
         "pass (`loracam detail`) and after the toy 4x upscaler (`loracam upscale --model toy-4x`); the files "
         "are in `finished/`",
+        f"- posed: `{posed.relative_to(out)}`: the LoRA at full body without (left) and with (right) the built-in "
+        f"toy ControlNet steered by the `{POSE}` pose template (`loracam pose --list`); each cell's map is "
+        "beside it (`posed/*-control0.png`)",
         "- the numbers: `fidelity.json`", "",
         "## Time (seconds)", "",
         "| step | seconds |", "|---|---|",
