@@ -526,3 +526,9 @@ def test_openpose_from_a_photo_a_json_and_a_template(models, nets, tmp_path):
     assert (np.abs(maps["astronaut.png"].astype(int) - neck_nose).sum(-1) < 40).any()
     with pytest.raises(LoracamError, match="no person"):
         generate(GenRequest(**base, controlnet=(ControlUnit("openpose", str(tmp_path / "coffee.png")),)), models)
+
+
+def test_a_missing_source_is_named_before_any_model_loads(models, tmp_path):
+    req = GenRequest(prompt="cat", base="random:tiny", steps=2, controlnet=(ControlUnit("canny", str(tmp_path / "no.png")),))
+    with pytest.raises(LoracamError, match="canny ControlNet's source .*no.png is not found"):
+        generate(req, models)  # no --controlnet-dir either: the source is what the user must fix first

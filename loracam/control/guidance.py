@@ -91,8 +91,10 @@ class Control:
     """The ControlNet units of one render: their nets (loaded once) and their maps at each pass's size."""
 
     def __init__(self, units, library, model):
-        from loracam.control.preprocess import PREPROCESSORS
+        from loracam.control.preprocess import PREPROCESSORS, check_source
 
+        for u in units:
+            check_source(u)
         self.units = tuple(units)
         self.model = model
         self.files = [library.find(u, PREPROCESSORS[u.kind].keyword, model.name) for u in self.units]

@@ -121,6 +121,26 @@ PREPROCESSORS: dict[str, Preprocessor] = {
 }
 
 
+def check_source(unit) -> None:
+    """Fail before any model loads when a unit's source cannot be what it says (a missing file, an unknown
+    template); the map itself is made later, at each pass's size."""
+    if not unit.source or unit.premade:
+        return
+    path = Path(unit.source)
+    if path.exists():
+        return
+    if unit.kind == "openpose" and not path.suffix:
+        from loracam.control.templates import load_template
+
+        try:
+            load_template(unit.source)
+        except LoracamError as exc:
+            raise LoracamError(f"openpose source {unit.source!r} is neither a file nor a pose template: {exc}") from None
+        return
+    raise LoracamError(f"the {unit.kind} ControlNet's source {unit.source} is not found; give an existing "
+                       f"{'photo, pose JSON or template name' if unit.kind == 'openpose' else 'image'}")
+
+
 def check_kind(kind: str) -> str:
     k = kind.strip().lower()
     if k not in PREPROCESSORS:
