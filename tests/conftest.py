@@ -58,6 +58,16 @@ def tiny():
     return ModelCache().get("random:tiny", torch.device("cpu"), torch.float32)
 
 
+@pytest.fixture()
+def models(tiny):
+    """A fresh ModelCache that answers random:tiny with the session's model (nothing else is cached)."""
+    from loracam.models import ModelCache
+
+    mc = ModelCache()
+    mc._models[("random", "random:tiny", "cpu", torch.float32)] = tiny
+    return mc
+
+
 @pytest.fixture(scope="session")
 def analyzer():
     """dlib's face models, loaded once for every test that needs them."""

@@ -20,7 +20,6 @@ from loracam.generate import GenRequest, Sample, Shared, generate
 from loracam.generate.api import render_samples
 from loracam.generate.samplers import build_scheduler
 from loracam.lora import LoraLibrary
-from loracam.models import ModelCache
 
 
 def px(im) -> np.ndarray:
@@ -37,13 +36,6 @@ def tiny_controlnet(unet, seed: int, hint=(4, 8, 8, 16)):
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     return net.eval()
-
-
-@pytest.fixture()
-def models(tiny):
-    mc = ModelCache()
-    mc._models[("random", "random:tiny", "cpu", torch.float32)] = tiny
-    return mc
 
 
 @pytest.fixture(scope="module")
@@ -395,7 +387,7 @@ def test_detail_pass_carries_its_own_controlnet(models, nets, tmp_path):
     m = np.zeros((64, 64), np.uint8)
     m[8:40, 8:40] = 255
     Image.fromarray(m).save(mask)
-    passes = detail_passes([f"mask:{mask}"], 0.6, 0.3, None, None, [f"tile:0.7:model=tiny_sd15_canny"])
+    passes = detail_passes([f"mask:{mask}"], 0.6, 0.3, None, None, ["tile:0.7:model=tiny_sd15_canny"])
     assert passes[0].control[0].weight == 0.7 and passes[0].control[0].source == ""
     req = GenRequest(prompt="a cat", base="random:tiny", steps=4, seed=1, detail=passes,
                      controlnet_dirs=(str(nets["dir"]),))

@@ -12,19 +12,11 @@ from loracam.generate import SAMPLERS, GenRequest, Sample, Shared, generate, par
 from loracam.generate.engine import InitImages, _guide, render
 from loracam.generate.conditioning import Rows
 from loracam.generate.samplers import build_scheduler
-from loracam.models import ModelCache
 from loracam.prompts import PromptEncoder
 
 
 def px(im: Image.Image) -> np.ndarray:
     return np.asarray(im, dtype=np.int16)
-
-
-@pytest.fixture()
-def models(tiny):
-    mc = ModelCache()
-    mc._models[("random", "random:tiny", "cpu", torch.float32)] = tiny  # reuse the session's model
-    return mc
 
 
 @pytest.mark.parametrize("sampler", list(SAMPLERS))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -15,16 +14,8 @@ from loracam.generate import GenRequest, Sample, Shared, render_samples
 from loracam.generate.infotext import parse_infotext
 from loracam.grid import AxisSpec, GridOptions, run_grid
 from loracam.lora import LoraLibrary, random_lora, write_kohya
-from loracam.models import ModelCache
 
 runner = CliRunner()
-
-
-@pytest.fixture()
-def models(tiny):
-    mc = ModelCache()
-    mc._models[("random", "random:tiny", "cpu", torch.float32)] = tiny
-    return mc
 
 
 @pytest.fixture(scope="module")
