@@ -10,9 +10,12 @@ extension), enlarging cubic interpolation.
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
 
 from loracam.errors import LoracamError
+
+if TYPE_CHECKING:  # numpy is imported where maps are made: the CLI imports this module at start-up
+    import numpy as np
 
 RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
 DEFAULT_RESIZE = "Crop and Resize"
@@ -39,6 +42,8 @@ def scale_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def fit(image: np.ndarray, size: tuple[int, int], mode: str = DEFAULT_RESIZE) -> np.ndarray:
     """A control map [H, W, 3] uint8 brought to ``size`` (width, height) by ``mode``."""
+    import numpy as np
+
     mode = check_mode(mode)
     tw, th = size
     h, w = image.shape[:2]
