@@ -342,18 +342,29 @@ def test_grid_controlnet_weight_axis(models, nets, tmp_path):
     assert (tmp_path / "grid" / "00000-4-control0.png").exists()
 
 
-def test_hires_tile_control_is_steered_by_the_first_pass(models, nets, tmp_path):
+def test_hires_tile_control_is_steered_by_each_first_pass(models, nets, tmp_path):
+    """A tile unit with no source waits for the hires pass and steers each image by its own enlarged first pass:
+    a batch of two equals the two rendered alone (one image's map steering both would not)."""
     tile = ControlUnit("tile", "", model="tiny_sd15_canny")
     req = GenRequest(prompt="a cat", base="random:tiny", steps=3, seed=2, hires_scale=1.5, hires_upscaler="Lanczos",
-                     controlnet=(tile,), controlnet_dirs=(str(nets["dir"]),))
-    with pytest.raises(LoracamError, match="no source"):
-        generate(req, models)  # txt2img's first pass has no image of its own to steer by
-    canny = ControlUnit("canny", str(nets["photo"]), model="tiny_sd15_canny", processor_res=64)
-    res = generate(GenRequest(**{**req.__dict__, "controlnet": (canny,)}), models)
-    img = res.images[0]
-    assert img.image.size == (96, 96) and "Hires upscale: 1.5" in img.infotext and "ControlNet 0:" in img.infotext
+                     controlnet=(tile,), controlnet_dirs=(str(nets["dir"]),), batch_size=2)
+    both = generate(req, models).images
+    alone = [generate(GenRequest(**{**req.__dict__, "seed": s, "batch_size": 1}), models).images[0] for s in (2, 3)]
+    for b, a in zip(both, alone):
+        assert np.abs(px(b.image) - px(a.image)).max() <= 1
+    assert both[0].image.size == (96, 96) and "Hires upscale: 1.5" in both[0].infotext
+    assert "Module: tile_resample" in both[0].infotext and both[0].control_maps == [None]  # no map to save
     plain = generate(GenRequest(**{**req.__dict__, "controlnet": ()}), models).images[0]
-    assert np.abs(px(img.image) - px(plain.image)).mean() > 1
+    assert np.abs(px(both[0].image) - px(plain.image)).mean() > 0.5
+    with pytest.raises(LoracamError, match="no source"):  # without hires there is nothing to steer by
+        generate(GenRequest(**{**req.__dict__, "hires_scale": None}), models)
+    # gen --from: the tile unit steers by the re-rendered first pass again; the same pixels
+    from loracam.generate import read_png_infotext, request_from_infotext
+
+    saved = generate(GenRequest(**{**req.__dict__, "batch_size": 1}), models).save(tmp_path / "out")[0]
+    again = request_from_infotext(read_png_infotext(saved), None, [], models, saved,
+                                  controlnet_dirs=(str(nets["dir"]),))
+    assert np.array_equal(np.asarray(generate(again, models).images[0].image), np.asarray(Image.open(saved)))
 
 
 def test_img2img_inpaint_and_tile_upscale(models, nets, tmp_path):

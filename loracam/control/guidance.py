@@ -46,7 +46,7 @@ class Steer:
 
     unit: object
     net: torch.nn.Module
-    cond: torch.Tensor  # [1, 3, H, W]
+    cond: torch.Tensor  # [1, 3, H, W], or one map per sample [samples, 3, H, W]
     weights: torch.Tensor  # [samples]
 
 
@@ -73,9 +73,9 @@ class Guidance:
             w = s.weights.to(x.device)[samples[rows]]
             if not bool((w != 0).any()):
                 continue
-            down, mid = s.net(x[rows], t, encoder_hidden_states=ctx[rows],
-                              controlnet_cond=s.cond.expand(len(rows), -1, -1, -1), conditioning_scale=1.0,
-                              return_dict=False)
+            cond = s.cond.expand(len(rows), -1, -1, -1) if s.cond.shape[0] == 1 else s.cond[samples[rows]]
+            down, mid = s.net(x[rows], t, encoder_hidden_states=ctx[rows], controlnet_cond=cond,
+                              conditioning_scale=1.0, return_dict=False)
             scales = soft_scales(len(down) + 1, s.unit.mode)
             if down_sum is None:
                 down_sum = [torch.zeros((x.shape[0],) + tuple(d.shape[1:]), device=x.device, dtype=d.dtype) for d in down]
@@ -102,7 +102,8 @@ class Control:
         for f, net in zip(self.files, self.nets):
             _check_factor(net, model.vae_scale_factor, f.name)
         self._maps: dict = {}
-        self._latest: dict = {}  # size -> the maps last made at it (what the infotext describes)
+        self._latest: dict = {}
+        self._owns: list = []  # size -> the maps last made at it (what the infotext describes)
         self.notes: list[str] = []
 
     def needs_own_image(self) -> bool:
@@ -113,31 +114,47 @@ class Control:
         from loracam.control.preprocess import control_map
 
         key = (tuple(size), id(own) if own is not None and self.needs_own_image() else None)
+        if key[1] is not None:
+            self._owns.append(own)  # keep it alive: its id is the cache key
         if key not in self._maps:
-            made = [control_map(u, size, own) for u in self.units]
+            # None: a unit that steers by the pass's own image, where the pass has none (a hires first pass)
+            made = [control_map(u, size, own) if u.source or own is not None else None for u in self.units]
             for m in made:
-                self.notes += [n for n in m.notes if n not in self.notes]
+                self.notes += [n for n in (m.notes if m else ()) if n not in self.notes]
             self._maps[key] = made
         self._latest[tuple(size)] = self._maps[key]
         return self._maps[key]
 
-    def guidance(self, size: tuple[int, int], samples, own: Image.Image | None = None) -> Guidance:
-        maps = self.maps(size, own)
+    def guidance(self, size: tuple[int, int], samples, own=None, skip_own: bool = False) -> Guidance:
+        """The pass's guidance at ``size``. ``own`` is the pass's own image (img2img's), or one per sample (the
+        enlarged first passes of hires fix); ``skip_own`` leaves out the units that would steer by it (a hires
+        first pass has none yet: its tile unit steers the second pass)."""
+        owns = own if isinstance(own, list) else [own]
+        keep = [i for i, u in enumerate(self.units) if u.source or not skip_own]
+        per = [self.maps(size, o) for o in owns]  # made (and cached) even when no unit is kept: the infotext reads them
         steers = []
-        for i, (u, net, m) in enumerate(zip(self.units, self.nets, maps)):
+        for i in keep:
+            u, net = self.units[i], self.nets[i]
+            if per[0][i] is None:
+                raise LoracamError(f"the {u.kind} ControlNet has no source: give one ({u.kind}:IMAGE), or use it "
+                                   "where there is an image of its own (img2img, hires fix, a detail pass)")
+            ims = [p[i].image for p in per] if len(per) > 1 and not u.source else [per[0][i].image]
+            cond = torch.cat([map_tensor(im, self.model.device, self.model.dtype) for im in ims])
             w = torch.tensor([s.control_weights[i] if s.control_weights else u.weight for s in samples],
                              dtype=torch.float32)
-            steers.append(Steer(u, net, map_tensor(m.image, self.model.device, self.model.dtype), w))
+            steers.append(Steer(u, net, cond, w))
         return Guidance(steers)
 
     def infotext(self, sample, size: tuple[int, int]) -> dict:
         """sd-webui-controlnet's ``ControlNet N`` keys for one sample."""
+        from loracam.control.preprocess import PREPROCESSORS
         from loracam.control.units import infotext_value
 
         out = {}
         for i, (u, f, m) in enumerate(zip(self.units, self.files, self._latest[tuple(size)])):
             weighted = u.with_weight(sample.control_weights[i]) if sample.control_weights else u
-            out[f"ControlNet {i}"] = infotext_value(weighted, m.module, f.label, m.res, m.thresholds)
+            module, res, thresholds = (m.module, m.res, m.thresholds) if m else (PREPROCESSORS[u.kind].module, -1, (-1, -1))
+            out[f"ControlNet {i}"] = infotext_value(weighted, module, f.label, res, thresholds)
         return out
 
 

@@ -15,12 +15,15 @@ def map_path(image_path: Path, index: int) -> Path:
 
 
 def save_maps(image_path: Path, maps) -> list[Path]:
-    """Write each map (lossless, so a re-render from it is exact) next to its image; never overwrites."""
+    """Write each map (lossless, so a re-render from it is exact) next to its image; never overwrites. A None
+    (a hires tile unit, steered by each image's own enlarged first pass) is left out, its number kept free."""
     from loracam.generate.images import png_with_text
     from loracam.io import atomic_write_bytes
 
     out = []
     for i, m in enumerate(maps):
+        if m is None:
+            continue
         out.append(atomic_write_bytes(map_path(image_path, i), png_with_text(Image.fromarray(np.asarray(m)), {})))
     return out
 
@@ -43,14 +46,16 @@ def units_from_infotext(params: dict[str, str], image_path: Path | None) -> tupl
     for n, fields in parse_units(params):
         module = str(fields.get("Module", "none"))
         saved = map_path(image_path, n) if image_path is not None else None
-        if saved is None or not saved.exists():
+        if module == "tile_resample" and (saved is None or not saved.exists()):
+            saved = None  # a hires tile unit: it steers by the image's own enlarged first pass again
+        elif saved is None or not saved.exists():
             raise LoracamError(
                 f"this image was made with ControlNet {n} ({module}, {fields.get('Model', 'unknown model')}), and its "
                 f"control map {saved.name if saved else 'NNNNN-SEED-controlN.png'} is not next to it: give the "
                 "ControlNet again with --controlnet TYPE:SOURCE (it replaces the infotext's units)")
         try:
             units.append(ControlUnit(
-                kind=MODULE_KINDS.get(module, "image"), source=str(saved), premade=True,
+                kind=MODULE_KINDS.get(module, "image"), source=str(saved) if saved else "", premade=saved is not None,
                 weight=float(fields.get("Weight", 1)), start=float(fields.get("Guidance Start", 0)),
                 end=float(fields.get("Guidance End", 1)), model=str(fields.get("Model", "")),
                 resize=str(fields.get("Resize Mode", "Crop and Resize")),

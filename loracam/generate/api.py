@@ -149,7 +149,7 @@ def render_samples(model: BaseModel, shared: Shared, samples: Sequence[Sample], 
         maps = []
         if control is not None:
             params = _before_version(params, control.infotext(s, size))
-            maps = [m.image for m in control.maps(size, init.image if init else None)]
+            maps = [m.image if m else None for m in control.maps(size, init.image if init else None)]
         out.append(Rendered(im, s.seed, format_infotext(s.prompt, s.negative, params), maps))
     return out
 

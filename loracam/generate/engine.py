@@ -80,7 +80,9 @@ def render(
     ``control`` (a loracam.control.guidance.Control) steers every pass with its ControlNets."""
     with torch.inference_mode():
         size = (shared.width, shared.height)
-        guide = control.guidance(size, samples, init.image if init else None) if control else None
+        guide = None
+        if control:  # in hires fix, a unit with no source of its own waits for the second pass
+            guide = control.guidance(size, samples, init.image if init else None, skip_own=shared.hires is not None)
         if shared.hires is None:
             latents = render_latents(model, shared, samples, lora_stack, lora_weights, init, progress, guide)
         else:
@@ -90,8 +92,8 @@ def render(
                                    progress, guide)
             big = upscale_latents(model, shared, first, shared.hires)
             hi = second_pass(shared, shared.hires, model)
-            if control:  # the second pass is steered at its own size; a tile unit by the enlarged first pass
-                own = to_pil(decode(model, first))[0].resize((hi.width, hi.height), Image.LANCZOS) \
+            if control:  # the second pass is steered at its own size; a tile unit by each enlarged first pass
+                own = [im.resize((hi.width, hi.height), Image.LANCZOS) for im in to_pil(decode(model, first))] \
                     if control.needs_own_image() else None
                 guide = control.guidance((hi.width, hi.height), samples, own)
             latents = render_latents(model, hi, samples, lora_stack, lora_weights, InitImages(latents=big),
