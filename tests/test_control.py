@@ -537,9 +537,9 @@ def test_a_missing_source_is_named_before_any_model_loads(models, tmp_path):
         generate(req, models)  # no --controlnet-dir either: the source is what the user must fix first
 
 
-def test_the_toy_controlnet_puts_the_doll_where_its_skeleton_is(tmp_path):
+def test_the_toy_controlnet_puts_the_dolls_where_their_skeletons_are(tmp_path):
     """The shipped toy-openpose, found by type on the toy base, steering through gen from a user's pose JSON:
-    six held-out full-body dolls land on their skeletons (benchmark on 48: box IoU 0.50 -> 0.86)."""
+    four held-out full-body dolls land on their skeletons (benchmark on 48: box IoU 0.50 -> 0.86)."""
     from loracam.control.openpose import Pose
     from loracam.models import ModelCache
     from loracam.toy import judge, skeleton, world
@@ -548,7 +548,7 @@ def test_the_toy_controlnet_puts_the_doll_where_its_skeleton_is(tmp_path):
 
     toy = ModelCache().get("toy", torch.device("cpu"), torch.float32)
     locator, ious = Locator.load(), {"without": [], "with": []}
-    for i, doll in enumerate(placement_dolls(6, 11)):
+    for i, doll in enumerate(placement_dolls(4, 11)):
         pose = tmp_path / f"pose{i}.json"
         pose.write_text(json.dumps(Pose((skeleton.person(doll),), 512, 768).to_json()))
         truth = person_box({k: v for k, v in world.boxes(doll, min_visible=MIN_VISIBLE).items()
@@ -559,5 +559,5 @@ def test_the_toy_controlnet_puts_the_doll_where_its_skeleton_is(tmp_path):
             ious[key].append(box_iou(located(locator, np.array(r.image)[None])[0], truth))
             if units:
                 assert "Model: toy-openpose [" in r.infotext
-    # measured: without 0.43-0.70 (mean 0.60), with 0.84-0.97 (mean 0.90)
+    # measured: without 0.65, 0.60, 0.43, 0.57 (mean 0.56), with 0.92, 0.84, 0.91, 0.87 (mean 0.89)
     assert np.mean(ious["with"]) > np.mean(ious["without"]) + 0.15 and min(ious["with"]) > 0.7
