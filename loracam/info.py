@@ -1,4 +1,4 @@
-"""``loracam info FILE``: what a PNG, LoRA or checkpoint file is, as one dict."""
+"""``loracam info FILE``: what a PNG, LoRA, ControlNet or checkpoint file is, as one dict."""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ def _describe_safetensors(path: Path, hash_cache: HashCache) -> dict:
         family = detect_checkpoint_family(keys, path.name)
         sha = hash_cache.sha256(path)
         return {"kind": "checkpoint", "family": family, "tensors": len(keys), "sha256": sha, "hash": sha[:10]}
+    if any(k.startswith("control_model.") for k in keys) or "controlnet_cond_embedding.conv_in.weight" in keys:
+        return _describe_controlnet(path, keys)
     lora = read_lora(path)
     dims = sorted({m.dim for m in lora.modules.values()})
     alphas = sorted({m.alpha for m in lora.modules.values()})
@@ -48,4 +50,30 @@ def _describe_safetensors(path: Path, hash_cache: HashCache) -> dict:
         "conv3x3_modules": convs,
         "hash": hash_cache.addnet_hash(path)[:12],
         "metadata": lora.metadata,
+    }
+
+
+def _describe_controlnet(path: Path, keys: dict) -> dict:
+    """A ControlNet file: its naming, text width (768: SD1.x), hint stages, and the name and hash infotexts use."""
+    from loracam.control.models import CONFIG_KEY, NetFile
+
+    ldm = any(k.startswith("control_model.") for k in keys)
+    probe = ("control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight" if ldm
+             else "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight")
+    width = keys.get(probe, (None, None))[1]
+    hint = sum(1 for k in keys if "input_hint_block" in k and k.endswith(".weight")) if ldm else \
+        sum(1 for k in keys if k.startswith("controlnet_cond_embedding.") and k.endswith(".weight"))
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        own_config = CONFIG_KEY in (f.metadata() or {})
+    net = NetFile(path.stem, path)
+    return {
+        "kind": "controlnet",
+        "names": "LDM (control_model.*)" if ldm else "diffusers",
+        "family": {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(width, f"unknown (text width {width})"),
+        "hint_convs": hint,
+        "config": "in the file (loracam)" if own_config else "SD1.5's, shipped with loracam",
+        "tensors": len(keys),
+        "infotext_model": net.label,
     }

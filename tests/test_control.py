@@ -561,3 +561,14 @@ def test_the_toy_controlnet_puts_the_dolls_where_their_skeletons_are(tmp_path):
                 assert "Model: toy-openpose [" in r.infotext
     # measured: without 0.65, 0.60, 0.43, 0.57 (mean 0.56), with 0.92, 0.84, 0.91, 0.87 (mean 0.89)
     assert np.mean(ious["with"]) > np.mean(ious["without"]) + 0.15 and min(ious["with"]) > 0.7
+
+
+def test_info_describes_a_controlnet_file(tiny, tmp_path):
+    from loracam.info import describe
+    from loracam.models import HashCache
+
+    path = save_single_file(tiny_controlnet(tiny.unet, 5), tmp_path / "control_tiny_openpose.safetensors")
+    report = describe(path, HashCache(None))
+    assert report["kind"] == "controlnet" and report["names"].startswith("LDM")
+    assert report["infotext_model"] == f"control_tiny_openpose [{a1111_hash(path)}]"
+    assert report["config"] == "in the file (loracam)" and report["hint_convs"] == 8
