@@ -101,9 +101,8 @@ class Control:
         self.nets = [library.load(f, model.device, model.dtype, model.unet.config) for f in self.files]
         for f, net in zip(self.files, self.nets):
             _check_factor(net, model.vae_scale_factor, f.name)
-        self._maps: dict = {}
-        self._latest: dict = {}
-        self._owns: list = []  # size -> the maps last made at it (what the infotext describes)
+        self._maps: dict = {}  # (size, id of the own image) -> (that image, its maps): the entry keeps the id valid
+        self._latest: dict = {}  # size -> the maps last made at it (what the infotext describes)
         self.notes: list[str] = []
 
     def needs_own_image(self) -> bool:
@@ -114,21 +113,21 @@ class Control:
         from loracam.control.preprocess import control_map
 
         key = (tuple(size), id(own) if own is not None and self.needs_own_image() else None)
-        if key[1] is not None:
-            self._owns.append(own)  # keep it alive: its id is the cache key
         if key not in self._maps:
             # None: a unit that steers by the pass's own image, where the pass has none (a hires first pass)
             made = [control_map(u, size, own) if u.source or own is not None else None for u in self.units]
             for m in made:
                 self.notes += [n for n in (m.notes if m else ()) if n not in self.notes]
-            self._maps[key] = made
-        self._latest[tuple(size)] = self._maps[key]
-        return self._maps[key]
+            self._maps[key] = (own, made)
+        self._latest[tuple(size)] = self._maps[key][1]
+        return self._maps[key][1]
 
     def guidance(self, size: tuple[int, int], samples, own=None, skip_own: bool = False) -> Guidance:
         """The pass's guidance at ``size``. ``own`` is the pass's own image (img2img's), or one per sample (the
         enlarged first passes of hires fix); ``skip_own`` leaves out the units that would steer by it (a hires
         first pass has none yet: its tile unit steers the second pass)."""
+        from loracam.control.preprocess import no_source
+
         owns = own if isinstance(own, list) else [own]
         keep = [i for i, u in enumerate(self.units) if u.source or not skip_own]
         per = [self.maps(size, o) for o in owns]  # made (and cached) even when no unit is kept: the infotext reads them
@@ -136,8 +135,7 @@ class Control:
         for i in keep:
             u, net = self.units[i], self.nets[i]
             if per[0][i] is None:
-                raise LoracamError(f"the {u.kind} ControlNet has no source: give one ({u.kind}:IMAGE), or use it "
-                                   "where there is an image of its own (img2img, hires fix, a detail pass)")
+                raise no_source(u)
             ims = [p[i].image for p in per] if len(per) > 1 and not u.source else [per[0][i].image]
             cond = torch.cat([map_tensor(im, self.model.device, self.model.dtype) for im in ims])
             w = torch.tensor([s.control_weights[i] if s.control_weights else u.weight for s in samples],

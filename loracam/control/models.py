@@ -108,14 +108,15 @@ class ControlNets:
         if path.exists():
             return NetFile(path.stem if path.is_file() else path.name, path)
         files = self.files()
-        for f in files:  # the infotext's label "stem [hash]", or either half of it
-            stem, _, h = ref.partition(" [")
-            if f.name == stem.strip() or f.name.lower() == ref.lower():
-                return f
+        stem = ref.partition(" [")[0].strip()  # the infotext's label "stem [hash]", or either half of it
         for f in files:
-            h = ref.strip().strip("[]").lower()
-            if len(h) == 8 and f.short_hash == h:
+            if f.name == stem or f.name.lower() == ref.lower():
                 return f
+        h = ref.strip().strip("[]").lower()
+        if len(h) == 8:
+            for f in files:
+                if f.short_hash == h:
+                    return f
         where = ", ".join(map(str, self.dirs)) or "no --controlnet-dir given"
         raise LoracamError(f"ControlNet {ref!r} not found ({where}); known: "
                            f"{', '.join(f.name for f in files) or 'none'}")

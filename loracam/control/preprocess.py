@@ -47,12 +47,17 @@ def _load_rgb(path: str, what: str) -> np.ndarray:
     return np.asarray(load_image(path, what).convert("RGB"))
 
 
+def no_source(unit) -> LoracamError:
+    """The error for a unit without a source where its pass has no image of its own to steer by."""
+    return LoracamError(f"the {unit.kind} ControlNet has no source: give one ({unit.kind}:IMAGE), or use it "
+                        "where there is an image of its own (img2img, hires fix, a detail pass)")
+
+
 def _source_image(unit, own: Image.Image | None) -> np.ndarray:
     if unit.source:
         return _load_rgb(unit.source, f"the {unit.kind} ControlNet's image")
     if own is None:
-        raise LoracamError(f"the {unit.kind} ControlNet has no source: give one ({unit.kind}:IMAGE), or use it "
-                           "where there is an image of its own (img2img, hires fix, a detail pass)")
+        raise no_source(unit)
     return np.asarray(own.convert("RGB"))
 
 

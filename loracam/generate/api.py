@@ -144,13 +144,12 @@ def render_samples(model: BaseModel, shared: Shared, samples: Sequence[Sample], 
     hashes = {n: library.short_hash(n) for n in names}
     out = []
     size = (shared.width, shared.height)
+    maps = [m.image if m else None for m in control.maps(size, init.image if init else None)] if control else []
     for s, im in zip(samples, images):
         params = infotext_params(model, shared, s, {r.name: hashes[r.name] for r in s.loras})
-        maps = []
         if control is not None:
             params = _before_version(params, control.infotext(s, size))
-            maps = [m.image if m else None for m in control.maps(size, init.image if init else None)]
-        out.append(Rendered(im, s.seed, format_infotext(s.prompt, s.negative, params), maps))
+        out.append(Rendered(im, s.seed, format_infotext(s.prompt, s.negative, params), list(maps)))
     return out
 
 

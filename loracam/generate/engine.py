@@ -194,9 +194,9 @@ def _unet_rows(model, x, t, plan: CondPlan, rows: Rows, set_rows, inpaint, guide
     samples = torch.tensor(rows.sample, device=x.device)
     x_rows = x[samples]
     x_plain = x_rows  # a ControlNet sees the 4 latent channels, never an inpainting model's extra ones
-    uncond = torch.zeros(len(rows.sample), dtype=torch.bool, device=x.device)
-    if rows.uncond_row:
-        uncond[torch.tensor(rows.uncond_row, device=x.device)] = True
+    if guide is not None:
+        uncond = torch.zeros(len(rows.sample), dtype=torch.bool, device=x.device)
+        uncond[rows.uncond_row] = True
     if inpaint is not None and model.is_inpainting:
         x_rows = torch.cat([x_rows, inpaint.unet_extra[samples]], dim=1)
     out = torch.empty((len(rows.sample),) + tuple(x.shape[1:]), device=x.device, dtype=x.dtype)

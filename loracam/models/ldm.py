@@ -111,7 +111,7 @@ def _controlnet_modules(config, keys: set[str]) -> dict[str, tuple[str, dict | N
     """Module map of a ControlNetModel: the U-Net's encoder half under LDM's names, plus the hint encoder
     (``input_hint_block``: convs at every other index, SiLUs between), the zero convolutions after each
     encoder output (``zero_convs.N.0``) and after the middle block (``middle_block_out.0``)."""
-    table = {k: v for k, v in _unet_modules({**config, "up_block_types": []}, set()).items()
+    table = {k: v for k, v in _unet_modules(config, set()).items()
              if not k.startswith(("up_blocks.", "conv_out", "conv_norm_out"))}
     n_hint = len(config["conditioning_embedding_out_channels"]) - 1
     table["controlnet_cond_embedding.conv_in"] = ("input_hint_block.0", None)
