@@ -85,8 +85,7 @@ def gen(
             hires_scale, hires_resize, hires_upscaler, hires_steps, upscaler_dir),
         detail=detail_passes(detail, detail_denoising, detail_confidence, detail_padding, detail_mask_blur,
                              detail_controlnet),
-        controlnet=from_flags(controlnet, control_mode, resize_mode) or None,
-        controlnet_dirs=tuple(map(str, controlnet_dir)) if controlnet_dir else None,
+        **control_flags(controlnet, control_mode, resize_mode, controlnet_dir),
     )
     flags = {k: v for k, v in flags.items() if v is not None}
     check_writable_dir(output)  # fail before minutes of rendering; created when the first image is saved
@@ -128,6 +127,12 @@ def hires_flags(scale, resize, upscaler, steps, upscaler_dir) -> dict:
     return dict(hires_scale=scale, hires_resize=tuple(v or 0 for v in parse_size(resize)) if resize else None,
                 hires_upscaler=upscaler, hires_steps=steps,
                 upscaler_dirs=tuple(map(str, upscaler_dir)) if upscaler_dir else None)
+
+
+def control_flags(specs, control_mode, resize_mode, dirs) -> dict:
+    """The ControlNet options as GenRequest fields (None where not given)."""
+    return dict(controlnet=from_flags(specs, control_mode, resize_mode) or None,
+                controlnet_dirs=tuple(map(str, dirs)) if dirs else None)
 
 
 @app.command()
@@ -178,8 +183,7 @@ def grid(
                   steps=steps, cfg=cfg, width=width, height=height, clip_skip=clip_skip, device=device,
                   precision=precision, lora_dirs=tuple(map(str, lora_dir)) if lora_dir else None, denoising=denoising,
                   **hires_flags(hires_scale, hires_resize, hires_upscaler, hires_steps, upscaler_dir),
-                  controlnet=from_flags(controlnet, control_mode, resize_mode) or None,
-                  controlnet_dirs=tuple(map(str, controlnet_dir)) if controlnet_dir else None)
+                  **control_flags(controlnet, control_mode, resize_mode, controlnet_dir))
     req = from_dict(GenRequest, {k: v for k, v in fields.items() if v is not None}, where="grid options")
     if seeds is not None and seeds < 1:
         raise LoracamError("--seeds must be at least 1")

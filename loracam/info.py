@@ -55,12 +55,10 @@ def _describe_safetensors(path: Path, hash_cache: HashCache) -> dict:
 
 def _describe_controlnet(path: Path, keys: dict) -> dict:
     """A ControlNet file: its naming, text width (768: SD1.x), hint stages, and the name and hash infotexts use."""
-    from loracam.control.models import CONFIG_KEY, NetFile
+    from loracam.control.models import CONFIG_KEY, FAMILIES, NetFile, text_width
 
     ldm = any(k.startswith("control_model.") for k in keys)
-    probe = ("control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight" if ldm
-             else "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight")
-    width = keys.get(probe, (None, None))[1]
+    width = text_width(keys, ldm)
     hint = sum(1 for k in keys if "input_hint_block" in k and k.endswith(".weight")) if ldm else \
         sum(1 for k in keys if k.startswith("controlnet_cond_embedding.") and k.endswith(".weight"))
     from safetensors import safe_open
@@ -71,7 +69,7 @@ def _describe_controlnet(path: Path, keys: dict) -> dict:
     return {
         "kind": "controlnet",
         "names": "LDM (control_model.*)" if ldm else "diffusers",
-        "family": {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(width, f"unknown (text width {width})"),
+        "family": FAMILIES[width][0] if width in FAMILIES else f"unknown (text width {width})",
         "hint_convs": hint,
         "config": "in the file (loracam)" if own_config else "SD1.5's, shipped with loracam",
         "tensors": len(keys),

@@ -216,6 +216,17 @@ def _read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     raise LoracamError(f"{path.name}: ControlNets are .safetensors or .pth files, or diffusers folders")
 
 
+# the text encoder's width a ControlNet's cross-attention reads: which base family it was made for
+FAMILIES = {768: ("sd1", "SD1.x"), 1024: ("sd2", "SD2.x"), 2048: ("sdxl", "SDXL")}
+
+
+def text_width(shapes, ldm: bool) -> int | None:
+    """The cross-attention input width of a ControlNet's first attention, from its tensors' shapes."""
+    probe = ("control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight" if ldm
+             else "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight")
+    return shapes[probe][1] if probe in shapes else None
+
+
 def _check_kind(state: dict, name: str) -> None:
     """Say what a file is when it is not an SD1.5 ControlNet."""
     keys = list(state)
@@ -230,10 +241,9 @@ def _check_kind(state: dict, name: str) -> None:
     if any("label_emb" in k or "add_embedding" in k for k in keys):
         raise LoracamError(f"{name} is an SDXL ControlNet; loracam's bases are SD1.x: use an SD1.5 ControlNet "
                            "(control_v11p_sd15_...)")
-    probe = "control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight" if ldm else \
-        "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
-    if probe in state and state[probe].shape[1] in (1024, 2048):
-        family = {1024: "SD2.x", 2048: "SDXL"}[state[probe].shape[1]]
+    width = text_width({k: v.shape for k, v in state.items()}, ldm)
+    if width in (1024, 2048):
+        family = FAMILIES[width][1]
         raise LoracamError(f"{name} is an {family} ControlNet; loracam's bases are SD1.x: use an SD1.5 ControlNet")
 
 

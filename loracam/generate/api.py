@@ -111,11 +111,16 @@ def detail_rendered(r: Rendered, s: Sample, shared: Shared, passes, model: BaseM
 
 def with_params(info, extra: dict) -> str:
     """An infotext with ``extra`` keys added before its Version, as A1111 orders extension keys."""
-    params = {k: v for k, v in info.params.items() if k != "Version"}
-    params.update(extra)
-    if "Version" in info.params:
-        params["Version"] = info.params["Version"]
-    return format_infotext(info.prompt, info.negative, params)
+    return format_infotext(info.prompt, info.negative, before_version(info.params, extra))
+
+
+def before_version(params: dict, extra: dict) -> dict:
+    """``params`` with ``extra`` set, a Version key kept last."""
+    out = {k: v for k, v in params.items() if k != "Version"}
+    out.update(extra)
+    if "Version" in params:
+        out["Version"] = params["Version"]
+    return out
 
 
 def render_samples(model: BaseModel, shared: Shared, samples: Sequence[Sample], library: LoraLibrary,
@@ -148,14 +153,9 @@ def render_samples(model: BaseModel, shared: Shared, samples: Sequence[Sample], 
     for s, im in zip(samples, images):
         params = infotext_params(model, shared, s, {r.name: hashes[r.name] for r in s.loras})
         if control is not None:
-            params = _before_version(params, control.infotext(s, size))
+            params = before_version(params, control.infotext(s, size))
         out.append(Rendered(im, s.seed, format_infotext(s.prompt, s.negative, params), list(maps)))
     return out
-
-
-def _before_version(params: dict, extra: dict) -> dict:
-    out = {k: v for k, v in params.items() if k != "Version"}
-    return {**out, **extra, "Version": params["Version"]}
 
 
 def infotext_params(model: BaseModel, shared: Shared, s: Sample, lora_hashes: dict[str, str]) -> dict:
