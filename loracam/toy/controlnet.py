@@ -181,36 +181,35 @@ def train(model, steps: int, batch: int, lr: float, seed: int, pool: int, empty_
 # sampling and placement
 
 
+class FixedMaps:
+    """A ControlNet in memory steering every sample by its own map, at ``scale``, through loracam's engine
+    (the net under training is not a file the ControlNet library could find)."""
+
+    def __init__(self, controlnet, cond: torch.Tensor, scale: float = 1.0):
+        self.controlnet, self.cond, self.scale = controlnet, cond, scale
+
+    def needs_own_image(self) -> bool:
+        return False
+
+    def guidance(self, size, samples, own=None, skip_own: bool = False):
+        from loracam.control.guidance import Guidance, Steer
+        from loracam.control.units import ControlUnit
+
+        weights = torch.full((len(samples),), float(self.scale))
+        return Guidance([Steer(ControlUnit("image", "in memory"), self.controlnet, self.cond, weights)])
+
+
 def sample(model, prompts: list[str], seeds: list[int], controlnet=None, cond: torch.Tensor | None = None,
            scale: float = 1.0, steps: int = 20, cfg: float = 7.0, sampler: str = "DPM++ 2M") -> np.ndarray:
-    """uint8 [n, 96, 64, 3]: ``prompts`` at CFG ``cfg`` (empty negative), with the ControlNet's residuals
-    (times ``scale``) added to the conditional and unconditional rows alike when ``controlnet`` is given."""
-    from loracam.generate.engine import decode
-    from loracam.generate.samplers import build_scheduler
+    """uint8 [n, 96, 64, 3]: ``prompts`` at CFG ``cfg`` (empty negative) rendered by loracam's engine, each
+    steered by its own map in ``cond`` [n, 3, h, w] (times ``scale``) when ``controlnet`` is given."""
+    from loracam.generate.engine import render
+    from loracam.generate.request import Sample, Shared
 
-    sched = build_scheduler(model.scheduler_config, sampler, "Automatic")
-    sched.set_timesteps(steps)
-    f = model.vae_scale_factor
-    n = len(prompts)
-    noise = torch.cat([torch.randn((1, model.unet.config.in_channels, H // f, W // f),
-                                   generator=torch.Generator().manual_seed(int(s))) for s in seeds])
-    latents = noise * sched.init_noise_sigma
-    ctx = torch.cat([encode_text(model, [""] * n), encode_text(model, list(prompts))])
-    cond2 = None if cond is None else torch.cat([cond, cond])
-    with torch.no_grad():
-        for t in sched.timesteps:
-            x = sched.scale_model_input(latents, t)
-            x2 = torch.cat([x, x])
-            extra = {}
-            if controlnet is not None:
-                down, mid = controlnet(x2, t, encoder_hidden_states=ctx, controlnet_cond=cond2,
-                                       conditioning_scale=scale, return_dict=False)
-                extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-            out = model.unet(x2, t, encoder_hidden_states=ctx, return_dict=False, **extra)[0]
-            u, c = out.chunk(2)
-            latents = sched.step(u + cfg * (c - u), t, latents, return_dict=False)[0]
-        pixels = decode(model, latents)
-    return (pixels.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    shared = Shared(W, H, steps, sampler, "Automatic")
+    control = FixedMaps(controlnet, cond, scale) if controlnet is not None else None
+    images = render(model, shared, [Sample(p, "", int(s), cfg) for p, s in zip(prompts, seeds)], control=control)
+    return np.stack([np.asarray(im) for im in images])
 
 
 def person_box(parts: dict) -> list[float] | None:
