@@ -572,3 +572,20 @@ def test_info_describes_a_controlnet_file(tiny, tmp_path):
     assert report["kind"] == "controlnet" and report["names"].startswith("LDM")
     assert report["infotext_model"] == f"control_tiny_openpose [{a1111_hash(path)}]"
     assert report["config"] == "in the file (loracam)" and report["hint_convs"] == 8
+
+
+def test_a_source_is_preprocessed_once_for_both_hires_passes(models, nets, monkeypatch):
+    """The first pass and the hires pass fit one preprocessed map (a photo's pose is detected once)."""
+    from dataclasses import replace as dc_replace
+
+    from loracam.control import preprocess
+
+    calls = []
+    canny = preprocess.PREPROCESSORS["canny"]
+    monkeypatch.setitem(preprocess.PREPROCESSORS, "canny",
+                        dc_replace(canny, make=lambda u, own: calls.append(u) or canny.make(u, own)))
+    unit = ControlUnit("canny", str(nets["photo"]), model="tiny_sd15_canny", processor_res=64)
+    req = GenRequest(prompt="a cat", base="random:tiny", steps=2, seed=1, hires_scale=1.5, hires_upscaler="Lanczos",
+                     controlnet=(unit,), controlnet_dirs=(str(nets["dir"]),))
+    generate(req, models)
+    assert len(calls) == 1

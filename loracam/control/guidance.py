@@ -103,6 +103,7 @@ class Control:
             _check_factor(net, model.vae_scale_factor, f.name)
         self._maps: dict = {}  # (size, id of the own image) -> (that image, its maps): the entry keeps the id valid
         self._latest: dict = {}  # size -> the maps last made at it (what the infotext describes)
+        self._made: dict = {}  # unit index -> its source preprocessed (photo poses, edges): size-independent
         self.notes: list[str] = []
 
     def needs_own_image(self) -> bool:
@@ -110,17 +111,26 @@ class Control:
 
     def maps(self, size: tuple[int, int], own: Image.Image | None = None) -> list:
         """Each unit's ControlMap at ``size``; made once per size and own image."""
-        from loracam.control.preprocess import control_map
-
         key = (tuple(size), id(own) if own is not None and self.needs_own_image() else None)
         if key not in self._maps:
             # None: a unit that steers by the pass's own image, where the pass has none (a hires first pass)
-            made = [control_map(u, size, own) if u.source or own is not None else None for u in self.units]
+            made = [self._map(i, size, own) if u.source or own is not None else None for i, u in enumerate(self.units)]
             for m in made:
                 self.notes += [n for n in (m.notes if m else ()) if n not in self.notes]
             self._maps[key] = (own, made)
         self._latest[tuple(size)] = self._maps[key][1]
         return self._maps[key][1]
+
+    def _map(self, i: int, size: tuple[int, int], own):
+        """Unit i's map at ``size``; a unit with its own source is preprocessed once, whatever the sizes."""
+        from loracam.control.preprocess import fitted, preprocessed
+
+        u = self.units[i]
+        if not u.source:
+            return fitted(u, preprocessed(u, own), size)
+        if i not in self._made:
+            self._made[i] = preprocessed(u)
+        return fitted(u, self._made[i], size)
 
     def guidance(self, size: tuple[int, int], samples, own=None, skip_own: bool = False) -> Guidance:
         """The pass's guidance at ``size``. ``own`` is the pass's own image (img2img's), or one per sample (the

@@ -155,11 +155,20 @@ def check_kind(kind: str) -> str:
 
 def control_map(unit, size: tuple[int, int], own: Image.Image | None = None) -> ControlMap:
     """The unit's map at the render ``size`` (width, height); ``own`` is the pass's own image, if any."""
-    pre = PREPROCESSORS[unit.kind]
+    return fitted(unit, preprocessed(unit, own), size)
+
+
+def preprocessed(unit, own: Image.Image | None = None) -> tuple:
+    """(map at the processor's size, processor res, thresholds): what does not depend on the render size, so
+    a pass at another size (hires fix) fits the same map instead of detecting a photo's pose again."""
     if unit.premade:  # a map saved beside an earlier render: the infotext's settings, no preprocessing
-        raw, res, thresholds = _image(unit, own)[0], unit.processor_res, (unit.threshold_a, unit.threshold_b)
-    else:
-        raw, res, thresholds = pre.make(unit, own)
+        return _image(unit, own)[0], unit.processor_res, (unit.threshold_a, unit.threshold_b)
+    return PREPROCESSORS[unit.kind].make(unit, own)
+
+
+def fitted(unit, made: tuple, size: tuple[int, int]) -> ControlMap:
+    """A ``preprocessed`` map brought to the render ``size`` by the unit's resize mode, said when it changed."""
+    raw, res, thresholds = made
     notes = []
     h, w = raw.shape[:2]
     if abs((w / h) / (size[0] / size[1]) - 1) > 0.01:  # another aspect: the resize mode decides, and we say so
@@ -167,4 +176,4 @@ def control_map(unit, size: tuple[int, int], own: Image.Image | None = None) -> 
                "Just Resize": "stretched"}[unit.resize]
         notes.append(f"the {unit.kind} control image is {w}x{h}, the render {size[0]}x{size[1]}: another aspect, "
                      f"so it was {how} ({unit.resize}; :resize=... picks another mode)")
-    return ControlMap(fit(raw, size, unit.resize), pre.module, res, thresholds, tuple(notes))
+    return ControlMap(fit(raw, size, unit.resize), PREPROCESSORS[unit.kind].module, res, thresholds, tuple(notes))
