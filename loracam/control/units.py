@@ -22,8 +22,9 @@ CONTROLNET_HELP = ("A ControlNet, repeatable: TYPE:SOURCE[:WEIGHT[:START:END]] w
                    "JSON or a template: loracam pose --list), canny, tile (tile:: is the image itself) or image "
                    "(a ready map); keys model=, resize=, res=, low=, high=, mode= may follow.")
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
-_SPEC_KEYS = {"model": "model", "resize": "resize", "res": "processor_res", "low": "threshold_a",
-              "high": "threshold_b", "mode": "mode"}
+# the spec's key=value fields: the unit's field each sets, and how its text is read
+_SPEC_KEYS = {"model": ("model", str), "resize": ("resize", str), "res": ("processor_res", int),
+              "low": ("threshold_a", float), "high": ("threshold_b", float), "mode": ("mode", str)}
 
 
 def check_control_mode(mode: str) -> str:
@@ -71,31 +72,26 @@ class ControlUnit:
         kind, source, rest = fields[0], fields[1], fields[2:]
         named = {}
         numbers = []
-        for f in rest:
-            if "=" in f:
-                key, _, value = f.partition("=")
-                if key.strip() not in _SPEC_KEYS:
-                    raise LoracamError(f"--controlnet {spec!r}: unknown key {key!r}; known: {', '.join(_SPEC_KEYS)}")
-                named[_SPEC_KEYS[key.strip()]] = value.strip()
-            elif f.strip():
-                numbers.append(f)
-        if len(numbers) not in (0, 1, 3):
-            raise LoracamError(f"--controlnet {spec!r}: after the source give WEIGHT, or WEIGHT:START:END")
         try:
-            nums = [float(v) for v in numbers]
-            for k in ("processor_res",):
-                if k in named:
-                    named[k] = int(named[k])
-            for k in ("threshold_a", "threshold_b"):
-                if k in named:
-                    named[k] = float(named[k])
+            for f in rest:
+                if "=" in f:
+                    key, _, value = f.partition("=")
+                    if key.strip() not in _SPEC_KEYS:
+                        raise LoracamError(f"--controlnet {spec!r}: unknown key {key!r}; known: "
+                                           f"{', '.join(_SPEC_KEYS)}")
+                    field_name, read = _SPEC_KEYS[key.strip()]
+                    named[field_name] = read(value.strip())
+                elif f.strip():
+                    numbers.append(float(f))
         except ValueError as exc:
             raise LoracamError(f"--controlnet {spec!r}: {exc}") from None
+        if len(numbers) not in (0, 1, 3):
+            raise LoracamError(f"--controlnet {spec!r}: after the source give WEIGHT, or WEIGHT:START:END")
         args = {**defaults, **named}
-        if nums:
-            args["weight"] = nums[0]
-        if len(nums) == 3:
-            args["start"], args["end"] = nums[1], nums[2]
+        if numbers:
+            args["weight"] = numbers[0]
+        if len(numbers) == 3:
+            args["start"], args["end"] = numbers[1], numbers[2]
         return cls(kind=kind, source=source, **args)
 
     def with_weight(self, weight: float) -> "ControlUnit":
