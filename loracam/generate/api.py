@@ -36,14 +36,16 @@ class GenResult:
     warnings: list[str] = field(default_factory=list)
 
     def save(self, outdir: Path) -> list[Path]:
-        """The PNGs, each with its control maps beside it as NNNNN-SEED-controlN.png."""
-        from loracam.control.store import save_maps
+        return [save_rendered(r, outdir) for r in self.images]
 
-        paths = []
-        for r in self.images:
-            paths.append(save_png(r.image, r.infotext, outdir, r.seed))
-            save_maps(paths[-1], r.control_maps)
-        return paths
+
+def save_rendered(r: Rendered, outdir: Path) -> Path:
+    """One image as NNNNN-SEED.png with its infotext, its control maps beside it as NNNNN-SEED-controlN.png."""
+    from loracam.control.store import save_maps
+
+    path = save_png(r.image, r.infotext, outdir, r.seed)
+    save_maps(path, r.control_maps)
+    return path
 
 
 def load_model(req: GenRequest, models: ModelCache) -> BaseModel:

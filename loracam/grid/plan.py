@@ -21,8 +21,7 @@ from PIL import Image
 from loracam import __version__
 from loracam.errors import LoracamError
 from loracam.generate import GenRequest
-from loracam.generate.api import Rendered, render_samples
-from loracam.generate.images import save_png
+from loracam.generate.api import Rendered, render_samples, save_rendered
 from loracam.generate.samplers import parse_sampler
 from loracam.grid.axes import Axis, Cell
 from loracam.io import atomic_write_bytes, writable_dir
@@ -203,11 +202,5 @@ class GridRunner:
 def save_cells(result: GridResult, outdir: Path) -> list[Path]:
     """Every cell as its own numbered PNG with its full infotext (re-render one with gen --from), and its
     ControlNet maps beside it when it was rendered in this run."""
-    from loracam.control.store import save_maps
-
-    paths = []
-    for r in (r for plane in result.cells for row in plane for r in row):
-        paths.append(save_png(r.image, r.infotext, outdir, r.seed))
-        save_maps(paths[-1], r.control_maps)
-    return paths
+    return [save_rendered(r, outdir) for plane in result.cells for row in plane for r in row]
 
