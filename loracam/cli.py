@@ -278,6 +278,7 @@ def prep(
     tagger: Optional[str] = typer.Option(None, "--tagger", help="wd14 or blip."),
     tagger_model: Optional[str] = typer.Option(None, "--tagger-model", help="Tagger model path (or cached hub id)."),
     keep: Optional[List[str]] = typer.Option(None, "--keep", help="Keep this photo even if flagged (repeatable)."),
+    face_model: Optional[str] = typer.Option(None, "--face-model", help="Faces found by dlib (default) or toy (dolls)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing dataset (the old one is kept, renamed)."),
     config: Optional[Path] = typer.Option(None, "--config", help="A TOML file of prep options; flags override it."),
     import_dir: Optional[Path] = typer.Option(None, "--import", help="Describe an existing kohya dataset instead."),
@@ -301,7 +302,7 @@ def prep(
     flags = dict(subject=subject, trigger=trigger, class_word=class_word, class_phrase=class_phrase, reg=reg,
                  repeats=repeats, reg_repeats=reg_repeats, boxes=str(boxes) if boxes else None,
                  long_garment=long_garment, tagger=tagger, tagger_model=tagger_model,
-                 keep=tuple(keep) if keep else None, force=force or None,
+                 keep=tuple(keep) if keep else None, force=force or None, face_model=face_model,
                  resolution=list(parse_size(resolution)) if resolution else None)
     base = asdict(load_toml(PrepConfig, config)) if config else {}
     cfg = from_dict(PrepConfig, {**base, **{k: v for k, v in flags.items() if v is not None}}, where="prep options")

@@ -56,6 +56,7 @@ class PrepConfig:
     tagger_threshold: float = 0.35
     keep: tuple[str, ...] = ()  # photos to keep even if flagged (blurry, may be someone else)
     min_face_px: int = 64
+    face_model: str = "dlib"  # who finds and fingerprints faces: a FACE_MODELS name of loracam.data.prep
     batch_size: int = 1  # for the step summary
     epochs: int = 10  # for the step summary
     force: bool = False

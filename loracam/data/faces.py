@@ -92,6 +92,8 @@ class _Hit:
 class FaceAnalyzer:
     """Loads dlib's models once (models_dir=None: from face_recognition_models) and analyses photos."""
 
+    closeup_fraction = CLOSEUP_FACE_FRACTION  # the face's share of a close-up's height (prep's working scale)
+
     def __init__(self, models_dir: Path | None = None, min_face_px: int = 64, dominance: float = 4.0,
                  min_score: float = 0.5, upsample: int = 1) -> None:
         self.min_face_px = min_face_px

@@ -68,6 +68,22 @@ class Record:
         self.status, self.reason = "dropped", reason
 
 
+def _dlib_faces(cfg: PrepConfig):
+    from loracam.data.faces import FaceAnalyzer
+
+    return FaceAnalyzer(min_face_px=cfg.min_face_px)
+
+
+def _toy_faces(cfg: PrepConfig):
+    from loracam.toy.faces import ToyFaceAnalyzer
+
+    return ToyFaceAnalyzer()
+
+
+# Face finders by name: dlib for photos of people; the toy world's locator and probe for its dolls.
+FACE_MODELS = {"dlib": _dlib_faces, "toy": _toy_faces}
+
+
 class Analyzers:
     """The models prep uses, each loaded on first use and then kept (one per prep run, or shared)."""
 
@@ -78,9 +94,9 @@ class Analyzers:
     @property
     def face(self):
         if self._face is None:
-            from loracam.data.faces import FaceAnalyzer
-
-            self._face = FaceAnalyzer(min_face_px=self.cfg.min_face_px)
+            if self.cfg.face_model not in FACE_MODELS:
+                raise LoracamError(f"unknown face model {self.cfg.face_model!r}; use one of {', '.join(FACE_MODELS)}")
+            self._face = FACE_MODELS[self.cfg.face_model](self.cfg)
         return self._face
 
     @property
@@ -229,7 +245,7 @@ def _face_crops(image, cfg, an: Analyzers, rec: Record, parts, required: bool = 
     face = found.face
     rec.face = {"box": face.box.as_list(), "score": round(face.score, 3), "roll": round(face.roll_degrees(), 1),
                 "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in face.landmarks]}
-    image, face = _working_scale(image, face, cfg)
+    image, face = _working_scale(image, face, cfg, an.face.closeup_fraction)
     rec.embedding = [round(float(v), 5) for v in an.face.embedding(image, face)]
     from loracam.data.faces import crop_window
 
@@ -240,11 +256,11 @@ def _face_crops(image, cfg, an: Analyzers, rec: Record, parts, required: bool = 
             rec.crops.append(Crop(kind, False, box.as_list(), img))
 
 
-def _working_scale(image: Image.Image, face, cfg: PrepConfig):
+def _working_scale(image: Image.Image, face, cfg: PrepConfig, closeup_fraction: float):
     """The photo shrunk (antialiased) so the face is no bigger than the crops can use: a close-up frames
-    the face at 0.35 of the training height, so a face of 0.35 x 1.25 x that height loses nothing.
-    Every pixel beyond would be thrown away by the final downscale, after costing time to rotate."""
-    need = 0.35 * 1.25 * cfg.resolution[1]
+    the face at ``closeup_fraction`` (dlib's 0.35) of the training height, so a face of 1.25 x that loses
+    nothing. Every pixel beyond would be thrown away by the final downscale, after costing time to rotate."""
+    need = closeup_fraction * 1.25 * cfg.resolution[1]
     if face.box.height <= 1.5 * need:
         return image, face
     factor = need / face.box.height
