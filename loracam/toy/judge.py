@@ -1,6 +1,7 @@
 """Quality numbers in the toy world: the probe reads generated images back and counts.
 
-- prompt following: render prompts written from random dolls' tags and check each named attribute;
+- prompt following: render prompts written from random dolls' tags and check each named attribute; the
+  prompts are full tag lists, or partial ones (some tags left out) in order or shuffled;
 - concept fidelity: the share of images in which the probe finds a held-out concept (testdress, myshoes,
   sks) a LoRA was trained on;
 - placement: the testdress is read, on a full-body doll, with no fabric outside the dress;
@@ -23,6 +24,8 @@ from loracam.toy.world import MYSHOES, SKS, TESTDRESS, Doll
 
 # What prompts steer and the probe checks (identity is not prompted in the base world: faces are untagged).
 FOLLOWED = ("framing", "dress", "pattern", "shoes", "hair", "background")
+# what prompt_following reports: hair style too (partial prompts name it on its own)
+PROMPT_ATTRS = FOLLOWED + ("hair_style",)
 CONCEPTS = {TESTDRESS: ("pattern", TESTDRESS), MYSHOES: ("shoes", MYSHOES), SKS: ("face", SKS)}
 NEGATIVE = ""
 
@@ -66,6 +69,125 @@ def following(probe: Probe, images: np.ndarray, dolls: Sequence[Doll],
     """Per attribute, the share of images (that show it) in which the probe reads what the prompt named."""
     acc = accuracy(probe.read(images), [labels(d) for d in dolls])
     return {a: acc[a] for a in attrs}
+
+
+# ---------------------------------------------------------------------------------------------
+# partial and shuffled prompts
+#
+# Users' prompts and style presets name a few of a doll's tags, in any order. A partial prompt keeps
+# ``1girl`` and the framing and each other tag with probability ``keep``: the studio's prompts always carry
+# both ("sks, 1girl, close-up, white background"), and the framing decides what an image shows (shoes only in
+# full body, no dress in a close-up), so with the framing left free a named dress or pair of shoes could be
+# absent from the picture and the probe's read of it would mean nothing.
+
+PROMPT_KINDS = ("full", "partial", "shuffled")
+
+
+def tag_list(prompt: str) -> list[str]:
+    """A prompt's tags, as written (comma separated, spaces trimmed, empty pieces dropped)."""
+    return [t.strip() for t in prompt.split(",") if t.strip()]
+
+
+def tag_attribute(tag: str) -> str | None:
+    """The probe attribute a world tag names (``1girl`` and unknown tags: None)."""
+    head, _, last = tag.rpartition(" ")
+    if tag in world.FRAMINGS:
+        return "framing"
+    if tag == TESTDRESS or tag in world.PATTERNS.values():
+        return "pattern"
+    if tag == MYSHOES or (last == "shoes" and head in world.SHOE_COLOURS):
+        return "shoes"
+    if tag == SKS:
+        return "face"
+    if last == "dress" and head in world.DRESS_COLOURS:
+        return "dress"
+    if last == "hair":
+        return "hair" if head in world.HAIR_COLOURS else "hair_style" if head in world.HAIR_STYLES else None
+    if last == "background" and head in world.BACKGROUNDS:
+        return "background"
+    return None
+
+
+def partial_prompt(doll: Doll, rng: np.random.Generator, keep: float = 0.5) -> str:
+    """Some of the doll's tags in ``tags``' order: ``1girl`` and the framing always, each other tag with
+    probability ``keep``, and at least one of them (a prompt naming nothing tests nothing)."""
+    tags = tag_list(world.tags(doll))
+    core = [t for t in tags if t == "1girl" or tag_attribute(t) == "framing"]
+    rest = [t for t in tags if t not in core]
+    chosen = rng.random(len(rest)) < keep
+    if rest and not chosen.any():
+        chosen[int(rng.integers(len(rest)))] = True
+    kept = set(core) | {t for t, c in zip(rest, chosen) if c}
+    return ", ".join(t for t in tags if t in kept)
+
+
+def shuffled_prompt(prompt: str, rng: np.random.Generator) -> str:
+    """The prompt's tags in a random order (all of them move, ``1girl`` and the framing too)."""
+    tags = tag_list(prompt)
+    return ", ".join(tags[i] for i in rng.permutation(len(tags)))
+
+
+def kind_prompts(kind: str, dolls: Sequence[Doll], seed: int = 0, keep: float = 0.5) -> list[str]:
+    """One prompt per doll: ``full`` (``tags`` as written), ``partial`` or ``shuffled`` (the partial prompt
+    of the same doll, reordered: the two kinds differ only in the order)."""
+    if kind not in PROMPT_KINDS:
+        raise ValueError(f"prompt kind is one of {PROMPT_KINDS} (got {kind!r})")
+    out = []
+    for i, d in enumerate(dolls):
+        if kind == "full":
+            out.append(world.tags(d))
+            continue
+        rng = np.random.default_rng([seed, i])  # per doll: a prompt does not depend on how many there are
+        p = partial_prompt(d, rng, keep)
+        out.append(shuffled_prompt(p, rng) if kind == "shuffled" else p)
+    return out
+
+
+def named(prompt: str, doll: Doll) -> set[str]:
+    """The attributes ``prompt`` names for ``doll`` (tags of other dolls count for nothing).
+
+    A plain dress has no tag: its pattern counts as named only when the prompt holds every tag of the doll,
+    as a full list says "no pattern" by leaving one out, while a partial one leaves it open."""
+    own = tag_list(world.tags(doll))
+    given = set(tag_list(prompt))
+    out = {tag_attribute(t) for t in own if t in given} - {None}
+    if doll.shows_dress and given >= set(own):
+        out.add("pattern")
+    return out
+
+
+def following_named(probe: Probe, images: np.ndarray, dolls: Sequence[Doll], prompts: Sequence[str],
+                    attrs: Sequence[str] = FOLLOWED) -> dict[str, float]:
+    """``following`` counting only what each prompt names: an attribute it leaves out is the model's choice.
+
+    Per attribute, the share of images that show it and whose prompt names it in which the probe reads the
+    named value (NaN where no prompt named it). On full tag lists this is ``following``."""
+    truths = []
+    for d, p in zip(dolls, prompts):
+        n = named(p, d)
+        truths.append({a: (v if a in n else None) for a, v in labels(d).items()})
+    acc = accuracy(probe.read(images), truths)
+    return {a: acc[a] for a in attrs}
+
+
+def named_counts(dolls: Sequence[Doll], prompts: Sequence[str], attrs: Sequence[str] = FOLLOWED) -> dict[str, int]:
+    """How many images each attribute of ``following_named`` is scored on (the size of its sample)."""
+    truths = [labels(d) for d in dolls]
+    return {a: sum(a in named(p, d) and t[a] is not None for d, p, t in zip(dolls, prompts, truths)) for a in attrs}
+
+
+def prompt_following(model, probe: Probe, n: int = 144, seed: int = 7, kinds: Sequence[str] = PROMPT_KINDS,
+                     attrs: Sequence[str] = PROMPT_ATTRS, settings: RenderSettings = RenderSettings()) -> dict[str, dict]:
+    """``following_named`` per prompt kind on the same ``n`` dolls (``prompt_dolls(n, seed)``, image seeds
+    0..n-1, the full kind as toy_quality's base_prompt_following), with each attribute's sample size."""
+    dolls = prompt_dolls(n, seed)
+    out = {}
+    for kind in kinds:
+        prompts = kind_prompts(kind, dolls, seed)
+        images = render_prompts(model, prompts, range(n), settings=settings)
+        out[kind] = {"following": following_named(probe, images, dolls, prompts, attrs),
+                     "scored": named_counts(dolls, prompts, attrs)}
+    return out
 
 
 def shows(read: dict[str, str], concept: str) -> bool:
