@@ -1,0 +1,79 @@
+"""The studio's job store: steps, events, the lease (live owners kept out, dead ones taken over), versions."""
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from loracam.errors import LoracamError
+from loracam.studio.store import SCHEMA_VERSION, Cancelled, JobStore
+
+
+def _job(store, name="a"):
+    return store.create(name, "portrait", store.studio / name, {"name": name}, {"base": {}}, ["prep", "train"], 1)
+
+
+def test_create_records_steps_and_events(tmp_path):
+    store = JobStore(tmp_path)
+    job = _job(store)
+    assert job.status == "new" and [s.name for s in store.steps("a")] == ["prep", "train"]
+    assert all(s.status == "pending" for s in store.steps("a"))
+    store.step_status("a", "prep", "done", {"kept": 3})
+    assert store.steps("a")[0].detail == {"kept": 3} and store.steps("a")[0].status == "done"
+    assert [k for _, k, _ in store.events("a")] == ["created"]
+    with pytest.raises(LoracamError, match="already exists"):
+        _job(store)
+    with pytest.raises(LoracamError, match="no job named 'b'.*its jobs: a"):
+        store.job("b")
+    # WAL: a reader in another connection sees committed state while nothing is held open
+    assert sqlite3.connect(tmp_path / "jobs.sqlite").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_live_owner_keeps_the_lease(tmp_path):
+    store = JobStore(tmp_path)
+    _job(store)
+    other = f"{socket.gethostname()}:{os.getppid()}"  # a live process of this host that is not us
+    store.acquire("a", owner=other)
+    with pytest.raises(LoracamError, match="being run by another process"):
+        JobStore(tmp_path).acquire("a")
+
+
+def test_a_dead_owner_is_taken_over_at_once(tmp_path):
+    store = JobStore(tmp_path)
+    _job(store)
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # its pid now names no process: as after kill -9
+    store.acquire("a", owner=f"{socket.gethostname()}:{proc.pid}", seconds=3600)
+    lease = JobStore(tmp_path).acquire("a")
+    assert store.job("a").owner == lease.owner and store.job("a").status == "running"
+
+
+def test_cancel_stops_a_running_job_at_its_next_renewal(tmp_path):
+    store = JobStore(tmp_path)
+    _job(store)
+    lease = store.acquire("a")
+    lease.renew()
+    assert "cancelled" in JobStore(tmp_path).cancel("a")
+    with pytest.raises(Cancelled, match="resume a"):
+        lease.renew()
+
+
+def test_a_store_from_a_newer_loracam_is_refused_and_left_alone(tmp_path):
+    JobStore(tmp_path).close()
+    db = sqlite3.connect(tmp_path / "jobs.sqlite")
+    db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION + 1),))
+    db.commit()
+    db.close()
+    before = (tmp_path / "jobs.sqlite").read_bytes()
+    with pytest.raises(LoracamError, match="newer loracam.*upgrade"):
+        JobStore(tmp_path)
+    assert (tmp_path / "jobs.sqlite").read_bytes() == before
+
+
+def test_a_file_that_is_not_a_store_is_refused(tmp_path):
+    (tmp_path / "jobs.sqlite").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(LoracamError, match="not a loracam job store"):
+        JobStore(tmp_path)
