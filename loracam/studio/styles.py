@@ -308,9 +308,11 @@ class StylePreset:
                     continue
                 others = sorted(t for t in tables[key].values() if t and t != want and t in tags)
                 if want not in tags or others:
+                    missing = [f"does not name {want!r}"] if want not in tags else []
+                    said = [f"names {', '.join(others)}"] if others else []
                     raise LoracamError(f"[expect] {key} = {value!r} for {s}, but its prompt "
-                                       f"{'names ' + ', '.join(others) if others else 'does not name ' + repr(want)}"
-                                       f": the probe would score images against what was not asked for")
+                                       f"{' and '.join(missing + said)}: the probe would score images against "
+                                       "what was not asked for")
 
     # -- use ----------------------------------------------------------------------------------
 
@@ -327,6 +329,7 @@ class StylePreset:
 
     def prompt_for(self, subject: str, trigger: str, class_word: str) -> str:
         """The prompt for ``subject`` with {trigger} and {class} filled in."""
+        template = self.template(subject)  # an unknown subject is named as such, not as unsuited
         if not self.suits(subject):
             raise LoracamError(f"style {self.name} is for {', '.join(self.subjects)}, not {subject}; "
                                f"`loracam studio styles` lists the styles")
@@ -342,7 +345,7 @@ class StylePreset:
                                    f"({'e.g. sks' if key == 'trigger' else 'e.g. woman, dog, dress'})")
             return values[key]
 
-        text = _PLACEHOLDER.sub(fill, self.template(subject))
+        text = _PLACEHOLDER.sub(fill, template)
         return re.sub(r"[ \t]+", " ", text).strip()
 
     def expect_for(self, subject: str) -> dict[str, str]:
