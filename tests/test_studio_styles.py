@@ -359,3 +359,16 @@ def test_get_style_suggests_the_likely_name(shipped):
     assert st.get_style(shipped, "film") is shipped["film"]
     with pytest.raises(LoracamError, match="did you mean studio"):
         st.get_style(shipped, "studoi")
+
+
+def test_a_preset_survives_the_job_stores_round_trip(shipped, tmp_path):
+    """The studio saves the chosen presets' content with the job (to_dict -> JSON -> from_dict)."""
+    import json
+
+    from loracam.config import from_dict, to_dict
+
+    user = write(tmp_path, "posed.toml", GOOD + '[control]\npose = "close_up"\nweight = 0.5\n[lora]\nname = "grain"\n')
+    for p in [*shipped.values(), load_style(user)]:
+        again = from_dict(StylePreset, json.loads(json.dumps(to_dict(p))), where="job")
+        assert again == p and again.source == p.source, p.name
+        assert again.expect_for(p.subjects[0]) == p.expect_for(p.subjects[0])
