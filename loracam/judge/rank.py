@@ -331,12 +331,7 @@ def write_ranking(ranking: Ranking, json_path: Path | None = None, sheet_path: P
     """Write the JSON report and/or the contact sheet, each atomically; neither is written if either exists."""
     from loracam.io import atomic_write, atomic_write_bytes
 
-    targets = [Path(p) for p in (json_path, sheet_path) if p is not None]
-    for p in targets:
-        if p.exists():
-            raise LoracamError(f"{p} already exists; the judge never overwrites: choose another name")
-        if not p.parent.is_dir():
-            raise LoracamError(f"cannot write {p}: the folder {p.parent} does not exist")
+    check_outputs(json_path, sheet_path)
     written = []
     try:
         if json_path is not None:
@@ -350,6 +345,15 @@ def write_ranking(ranking: Ranking, json_path: Path | None = None, sheet_path: P
     except FileExistsError as exc:
         raise LoracamError(f"{exc.filename or 'an output'} appeared while writing; nothing was overwritten") from None
     return written
+
+
+def check_outputs(*paths: Path | None) -> None:
+    """Fail before any judging when an output exists already or its folder is missing."""
+    for p in (Path(p) for p in paths if p is not None):
+        if p.exists():
+            raise LoracamError(f"{p} already exists; the judge never overwrites: choose another name")
+        if not p.parent.is_dir():
+            raise LoracamError(f"cannot write {p}: the folder {p.parent} does not exist")
 
 
 def _round(v: float | None) -> float | None:
