@@ -1,0 +1,161 @@
+"""The studio job on the toy world: it runs end to end, resumes after kill -9 without redoing finished work,
+and refuses bad input with a message (changed photos, a vanished folder, a typo'd style, a held lease)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from loracam.errors import LoracamError
+from loracam.io import DiskFull
+from loracam.studio.job import StudioConfig, create_job, run_job
+from loracam.studio.store import JobStore
+from loracam.toy.photos import write_photos
+
+STYLES = ("toy-studio", "toy-garden")
+QUICK = dict(styles=STYLES, per_style=4, keep=2, train_steps=24, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sks-photos")
+    write_photos(folder, "sks", 6, seed=3, size=(384, 576))
+    return folder
+
+
+def _config(photos, name="doll", **kw):
+    return StudioConfig(name=name, photos=str(photos), subject="face", **{**QUICK, **kw})
+
+
+def _steps(store, name):
+    return {s.name: s.status for s in store.steps(name)}
+
+
+def test_a_job_runs_end_to_end_and_says_what_it_kept(photos, tmp_path):
+    store = JobStore(tmp_path / "studio")
+    create_job(store, _config(photos))
+    lines = []
+    folder = run_job(store, "doll", echo=lines.append)
+    assert set(_steps(store, "doll").values()) == {"done"} and store.job("doll").status == "done"
+    for style in STYLES:
+        cands = sorted((folder / "candidates" / style).glob("*.png"))
+        assert [p.name for p in cands] == ["000-1000.png", "001-1001.png", "002-1002.png", "003-1003.png"]
+        ranking = json.loads((folder / "judge" / style / "ranking.json").read_text())
+        kept = sorted(e["rank"] for e in ranking["entries"] if e.get("rank") is not None)
+        assert kept[:2] == [1, 2]
+        finals = sorted((folder / "final" / style).glob("*.png"))
+        assert len(finals) == 2
+        from PIL import Image
+
+        with Image.open(finals[0]) as im:  # toy styles upscale 4x, keeping the infotext and adding Extras keys
+            assert im.size == (256, 384)
+            assert "Postprocess upscaler: toy-4x" in im.info["extras"] and "Seed: " in im.info["parameters"]
+    report = json.loads((folder / "gallery" / "report.json").read_text())
+    assert set(report["probe"]["styles"]) == set(STYLES)
+    assert all(v["n"] == 2 for v in report["probe"]["styles"].values())
+    html = (folder / "gallery" / "index.html").read_text()
+    assert "final/toy-studio/" in html and "training.png" in html and "judge/toy-garden/sheet.png" in html
+    assert (folder / "gallery" / "training.png").is_file()
+    again = []
+    run_job(store, "doll", echo=again.append)
+    assert any("already done" in line for line in again)
+
+
+def test_kill_9_in_training_resumes_from_its_checkpoint(photos, tmp_path):
+    studio = tmp_path / "studio"
+    cmd = [sys.executable, "-m", "loracam.cli", "studio", "run", str(photos), "--name", "k", "--studio", str(studio),
+           "--styles", ",".join(STYLES), "--per-style", "4", "--keep", "2", "--train-steps", "80",
+           "--batch-size", "4"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lora_dir = studio / "k" / "lora"
+    deadline = time.time() + 240
+    while not list(lora_dir.glob("k-step*.safetensors")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(lora_dir.glob("k-step*.safetensors")), "no checkpoint was written before the deadline"
+    store = JobStore(studio)
+    assert _steps(store, "k")["prep"] == "done" and _steps(store, "k")["train"] == "running"
+    manifest = (studio / "k" / "dataset" / "manifest.json").stat().st_mtime_ns
+    run_job(store, "k", echo=lambda s: None)
+    assert set(_steps(store, "k").values()) == {"done"}
+    assert (studio / "k" / "dataset" / "manifest.json").stat().st_mtime_ns == manifest  # prep not redone
+    starts = [json.loads(line) for line in (lora_dir / "k.events.jsonl").read_text().splitlines()
+              if '"start"' in line]
+    assert starts[0]["resumed_at"] == 0 and starts[-1]["resumed_at"] >= 20  # continued from the checkpoint
+
+
+def test_changed_or_vanished_photos_stop_a_resume_with_what_changed(photos, tmp_path):
+    mine = tmp_path / "photos"
+    shutil.copytree(photos, mine)
+    store = JobStore(tmp_path / "studio")
+    create_job(store, _config(mine, name="c"))
+    run_job(store, "c", echo=lambda s: None, stop_after="prep")
+    assert store.job("c").status == "stopped"
+    (mine / "photo_001.png").write_bytes((mine / "photo_002.png").read_bytes())
+    (mine / "photo_005.png").unlink()
+    with pytest.raises(LoracamError, match=r"photos in .* changed \(removed: photo_005.png; changed: photo_001.png\)"):
+        run_job(store, "c", echo=lambda s: None)
+    shutil.rmtree(mine)
+    with pytest.raises(LoracamError, match="photos folder .* is gone.*--accept-changes"):
+        run_job(store, "c", echo=lambda s: None)
+    assert _steps(store, "c")["train"] == "pending"
+    run_job(store, "c", echo=lambda s: None, accept_changes=True, stop_after="train")  # prep is done: goes on
+    assert _steps(store, "c")["train"] == "done"
+    assert any(k == "accepted" for _, k, _ in store.events("c"))
+
+
+def test_a_full_disk_stops_at_the_last_good_step_and_resume_finishes(photos, tmp_path, monkeypatch):
+    import loracam.studio.portrait as portrait
+
+    store = JobStore(tmp_path / "studio")
+    create_job(store, _config(photos, name="d"))
+    real = portrait._save
+    calls = []
+
+    def full(path, rendered):
+        calls.append(path)
+        if len(calls) == 3:
+            raise DiskFull(path)
+        real(path, rendered)
+
+    monkeypatch.setattr(portrait, "_save", full)
+    with pytest.raises(LoracamError, match="stopped at step render: the disk is full.*studio resume d"):
+        run_job(store, "d", echo=lambda s: None)
+    steps = _steps(store, "d")
+    assert steps["prep"] == steps["train"] == "done" and steps["render"] == "failed"
+    made = sorted((tmp_path / "studio" / "d" / "candidates" / "toy-studio").glob("*.png"))
+    assert [p.name for p in made] == ["000-1000.png", "001-1001.png"]  # the files written before it stand
+    stamp = made[0].stat().st_mtime_ns
+    monkeypatch.setattr(portrait, "_save", real)
+    run_job(store, "d", echo=lambda s: None)
+    assert set(_steps(store, "d").values()) == {"done"}
+    assert made[0].stat().st_mtime_ns == stamp  # kept, not rendered again
+
+
+def test_bad_styles_and_held_jobs_are_refused_clearly(photos, tmp_path):
+    store = JobStore(tmp_path / "studio")
+    with pytest.raises(LoracamError, match="unknown style 'toy-stuido'.*toy-studio"):
+        create_job(store, _config(photos, styles=("toy-stuido",)))
+    with pytest.raises(LoracamError, match="written for a sd15 base"):
+        create_job(store, _config(photos, styles=("studio",)))
+    assert store.jobs() == []
+    create_job(store, _config(photos, name="h"))
+    other = JobStore(tmp_path / "studio")
+    other.acquire("h", owner=f"{os.uname().nodename}:{os.getppid()}")
+    with pytest.raises(LoracamError, match="being run by another process"):
+        run_job(store, "h", echo=lambda s: None)
+    assert set(_steps(store, "h").values()) == {"pending"}
+
+
+def test_the_cli_reports_a_missing_photos_folder_without_a_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "loracam.cli", "studio", "run", str(tmp_path / "nope"), "--name", "x",
+                           "--studio", str(tmp_path / "s")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
