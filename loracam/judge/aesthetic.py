@@ -82,8 +82,9 @@ class AestheticPredictor:
 
         logging.set_verbosity_error()  # a whole CLIPModel's text weights are "unexpected" here, and that is fine
         try:
-            self.clip = CLIPVisionModelWithProjection.from_pretrained(str(clip_dir)).eval()
-        except (OSError, ValueError) as exc:
+            self.clip = CLIPVisionModelWithProjection.from_pretrained(str(clip_dir), config=_vision_config(clip_dir))
+            self.clip.eval()
+        except (OSError, ValueError, RuntimeError) as exc:
             raise LoracamError(f"{clip_dir} could not be loaded as a CLIP model ({exc}); give a CLIP ViT-L/14 "
                                "folder saved with save_pretrained") from None
         try:
@@ -126,6 +127,26 @@ class AestheticPredictor:
         if not images:
             return np.zeros(0)
         return self.mlp(self.embed(images)).squeeze(-1).double().numpy()
+
+
+def _vision_config(clip_dir: Path):
+    """A whole CLIPModel's vision config with the model's projection width (None for a vision-only folder).
+
+    A CLIPModel keeps projection_dim at the top of its config; its vision_config may lack it, and the vision
+    class's default (512) would then not fit the checkpoint's projection."""
+    from transformers import CLIPConfig
+
+    try:
+        kind = json.loads((clip_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError) as exc:
+        raise LoracamError(f"{clip_dir / 'config.json'} could not be read ({exc}); give a CLIP folder saved with "
+                           "save_pretrained") from None
+    if kind != "clip":
+        return None
+    full = CLIPConfig.from_pretrained(str(clip_dir))
+    vision = full.vision_config
+    vision.projection_dim = full.projection_dim
+    return vision
 
 
 def _preprocessing(clip_dir: Path, image_size: int) -> tuple[int, int, np.ndarray, np.ndarray]:

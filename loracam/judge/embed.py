@@ -183,7 +183,8 @@ def parse_identity(spec: str) -> tuple[str, str | None]:
     return name, None
 
 
-# name -> builder(argument, concept, models): models is a loracam.judge.rank.Models cache
+EMBEDDER_CLASSES: dict[str, type] = {"dlib": DlibEmbedder, "onnx": OnnxEmbedder, "toy": ToyEmbedder}
+# name -> builder(argument, concept, models): models is a loracam.judge.rank.Models cache; none: no identity
 EMBEDDERS: dict[str, Callable[..., Any] | None] = {
     "dlib": lambda arg, concept, models: DlibEmbedder(models.detector("dlib")),
     "onnx": lambda arg, concept, models: models.get(("onnx", arg), lambda: OnnxEmbedder(Path(arg))),

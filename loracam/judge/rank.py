@@ -35,7 +35,7 @@ from PIL import Image
 from loracam.errors import LoracamError
 from loracam.judge.adherence import ADHERENCE
 from loracam.judge.detect import DETECTORS, SUBJECT_RULES, face_rule
-from loracam.judge.embed import EMBEDDERS, parse_identity
+from loracam.judge.embed import EMBEDDER_CLASSES, EMBEDDERS, parse_identity
 from loracam.judge.quality import quality
 
 WEIGHTS: dict[str, float] = {"identity_rel": 0.55, "adherence": 0.20, "quality": 0.15, "aesthetic_n": 0.10}
@@ -171,33 +171,38 @@ def judge_images(paths: Sequence[Path], reference: Path | None = None, config: J
     files = collect_images(paths)
     images = [_load(p) for p in files]
     texts = _prompts(files, prompts)
-    ref, embedder, concept = None, None, config.concept
-    if name != "none":
-        if reference is None:
-            raise LoracamError(f"--identity {config.identity} compares with the subject's photos: pass --reference "
-                               "DATASET_OR_PHOTOS (or --identity none)")
-        from loracam.judge.reference import load_reference, read_manifest
+    if name != "none" and reference is None:
+        raise LoracamError(f"--identity {config.identity} compares with the subject's photos: pass --reference "
+                           "DATASET_OR_PHOTOS (or --identity none)")
+    from loracam.judge.reference import load_reference, read_manifest
 
-        manifest = read_manifest(Path(reference)) if Path(reference).is_dir() else None
-        if concept is None and name == "toy":
-            concept = ((manifest or {}).get("config") or {}).get("trigger")
-            if concept is None:
-                raise LoracamError("--identity toy needs the concept the images should show: pass --concept sks, "
-                                   "testdress or myshoes (or a dataset made by `loracam prep`, whose trigger it is)")
+    dataset = ((read_manifest(Path(reference)) if reference is not None and Path(reference).is_dir() else None)
+               or {}).get("config") or {}
+    concept = config.concept or (dataset.get("trigger") if name == "toy" else None)
+    if name == "toy" and concept is None:
+        raise LoracamError("--identity toy needs the concept the images should show: pass --concept sks, "
+                           "testdress or myshoes (or a dataset made by `loracam prep`, whose trigger it is)")
+    subject = config.subject or dataset.get("subject") or TOY_SUBJECTS.get(concept or "", "face")
+    _check_subject(name, subject)  # before any model loads or photo is read
+    embedder = ref = None
+    if name != "none":
         embedder = EMBEDDERS[name](arg, concept, models)
         ref = load_reference(Path(reference), embedder, models)
-    subject = config.subject or (ref.subject if ref else None) or TOY_SUBJECTS.get(concept or "", "face")
-    _check_fit(name, subject, embedder, ref)
+        _check_concept(embedder, ref)
     return _rank(files, images, texts, config, models, subject, concept, embedder, ref)
 
 
-def _check_fit(name: str, subject: str, embedder, ref) -> None:
+def _check_subject(name: str, subject: str) -> None:
     if subject not in SUBJECT_RULES:
         raise LoracamError(f"the reference dataset's subject {subject!r} is not one the judge knows; pass --subject")
-    if embedder is not None and embedder.needs_face and not SUBJECT_RULES[subject][0]:
+    if name != "none" and EMBEDDER_CLASSES[name].needs_face and not SUBJECT_RULES[subject][0]:
         raise LoracamError(f"--identity {name} compares faces, and a {subject} shows none: use --identity toy in the "
                            "toy world, or --identity none to rank by quality alone")
-    if embedder is not None and embedder.name == "toy":
+
+
+def _check_concept(embedder, ref) -> None:
+    """The toy reference must show the concept: judging against photos of something else means nothing."""
+    if embedder.name == "toy":
         share = float(ref.mean[embedder.index])
         if share < 0.5:
             raise LoracamError(f"the reference photos read as {embedder.concept} only {share:.0%} of the time; they "
