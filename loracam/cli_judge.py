@@ -55,7 +55,8 @@ def judge(
     w: identity_rel 0.55, adherence 0.20, quality 0.15, aesthetic_n 0.10
     Dropped images (not exactly one face, face size outside --face-size, broken render) come last, unscored.
     """
-    from loracam.judge.rank import JudgeConfig, check_outputs, collect_images, judge_images, write_ranking
+    from loracam.judge.inputs import collect_images
+    from loracam.judge.rank import JudgeConfig, check_outputs, judge_images, write_ranking
 
     config = JudgeConfig(identity=identity, concept=concept, subject=subject, face_size=parse_face_size(face_size),
                          top=top, aesthetic=aesthetic)

@@ -140,7 +140,8 @@ def test_adherence_grades_only_what_the_prompt_names_and_the_framing_shows(toy, 
     _, _, other = toy
     wrong = next(e for e in toy_ranking.entries if e.path.name == "c01.png")
     assert wrong.scores["adherence"] < 1 and wrong.notes[0].startswith(f"{other} hair asked")
-    assert all(e.scores["adherence"] == 1 for e in toy_ranking.entries if e.path.name != "c01.png")
+    assert all(e.scores["adherence"] == 1 for e in toy_ranking.entries if e.kept and e.path.name != "c01.png")
+    assert not any("adherence" in e.scores or "identity" in e.scores for e in toy_ranking.entries if not e.kept)
 
 
 def test_prompts_given_override_the_infotext(toy, models):
@@ -491,3 +492,36 @@ def test_reference_errors_name_each_photo(tmp_path, toy, models):
     with pytest.raises(LoracamError, match="unknown subject"):
         JudgeConfig(subject="car")
     assert math.isclose(JudgeConfig(face_size=(0.3, 1.2)).face_size[1], 1.2)
+
+
+def test_dataset_reference_uses_prep_embeddings_and_identity_py_baseline(tmp_path, models):
+    """A face dataset's manifest embeddings are the reference as they are; the leave-one-out baseline is the
+    one loracam.judge.identity computes for checkpoint picking (one definition of "the photos' own score")."""
+    from loracam.judge.embed import DlibEmbedder
+    from loracam.judge.identity import IdentityScorer
+    from loracam.judge.reference import load_reference
+
+    rng = np.random.default_rng(0)
+    centre = rng.normal(0, 0.1, 128)
+    photos = [{"name": f"p{i}.jpg", "status": "kept", "embedding": list(centre + rng.normal(0, 0.02, 128))}
+              for i in range(4)]
+    photos.append({"name": "far.jpg", "status": "dropped", "embedding": list(rng.normal(0, 0.1, 128))})
+    photos.append({"name": "noface.jpg", "status": "kept", "embedding": None})
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {"trigger": "ohwx", "subject": "face"},
+                                                        "photos": photos}))
+    ref = load_reference(tmp_path, DlibEmbedder(models.detector("dlib")), models)
+    assert ref.names == ("p0.jpg", "p1.jpg", "p2.jpg", "p3.jpg") and (ref.trigger, ref.subject) == ("ohwx", "face")
+    assert ref.skipped == (("noface.jpg", "no face embedding in the manifest"),)
+    assert ref.baseline == pytest.approx(IdentityScorer.from_manifest(tmp_path).baseline, abs=1e-12)
+    assert "4 photos; 1 skipped" in ref.describe()
+
+
+def test_config_from_toml_dict_names_unknown_keys():
+    from loracam.config import from_dict
+
+    cfg = from_dict(JudgeConfig, {"identity": "toy", "concept": "sks", "face_size": [0.3, 1.2], "top": 4})
+    assert cfg.face_size == (0.3, 1.2) and cfg.top == 4
+    with pytest.raises(LoracamError, match="unknown key.*tpo"):
+        from_dict(JudgeConfig, {"tpo": 3})
+    with pytest.raises(LoracamError, match="face size range 0.5:0.2 is empty"):
+        JudgeConfig(face_size=(0.5, 0.2))

@@ -2,7 +2,9 @@
 
 Each image is first filtered (FaceChain's rules, loracam.judge.detect: exactly one face, of a size between
 ``face_size`` of the image's shorter side; subjects without a face skip them; a render that is entirely broken,
-artefacts 0, is dropped too). Every image keeps the reason it was dropped. Kept images get one combined score:
+artefacts 0, is dropped too). Every image keeps the reason it was dropped, and the numbers the filters
+measured (quality, face size); the model scores (identity, adherence, aesthetic) and one combined score are
+for kept images:
 
     identity_rel = clip(identity / baseline, 0, 1)     baseline: the reference photos' own leave-one-out
                                                        similarity (identity clipped to [0, 1] when there is
@@ -30,12 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 
 from loracam.errors import LoracamError
 from loracam.judge.adherence import ADHERENCE
-from loracam.judge.detect import DETECTORS, SUBJECT_RULES, face_rule
+from loracam.judge.detect import DETECTORS, FACECHAIN_FACE_SIZE, SUBJECT_RULES, face_rule
 from loracam.judge.embed import EMBEDDER_CLASSES, EMBEDDERS, parse_identity
+from loracam.judge.inputs import collect_images, image_prompts, load_images
 from loracam.judge.quality import quality
 
 WEIGHTS: dict[str, float] = {"identity_rel": 0.55, "adherence": 0.20, "quality": 0.15, "aesthetic_n": 0.10}
@@ -169,8 +171,8 @@ def judge_images(paths: Sequence[Path], reference: Path | None = None, config: J
     models = models or Models()
     name, arg = parse_identity(config.identity)
     files = collect_images(paths)
-    images = [_load(p) for p in files]
-    texts = _prompts(files, prompts)
+    images = load_images(files)
+    texts = image_prompts(files, prompts)
     if name != "none" and reference is None:
         raise LoracamError(f"--identity {config.identity} compares with the subject's photos: pass --reference "
                            "DATASET_OR_PHOTOS (or --identity none)")
@@ -210,56 +212,50 @@ def _check_concept(embedder, ref) -> None:
 
 
 def _rank(files, images, texts, config: JudgeConfig, models: Models, subject: str, concept, embedder, ref) -> Ranking:
+    scores, reasons, faces = _filter(images, config, models, subject, embedder)
+    # The model scores (identity, adherence, aesthetics) are for kept images only: a face embedder costs
+    # ~0.25 s a face on a CPU, CLIP ViT-L more; dropped images keep what the filters measured.
+    kept = [i for i, r in enumerate(reasons) if r is None]
+    notes: list[tuple[str, ...]] = [()] * len(images)
+    if embedder is not None:
+        for i, emb in zip(kept, embedder.embed([images[i] for i in kept], [faces[i] for i in kept])):
+            if emb is None:
+                reasons[i] = "no face to compare"
+                continue
+            scores[i]["identity"] = float(embedder.similarity(emb, ref.mean))
+            scores[i]["identity_rel"] = relative_identity(scores[i]["identity"], ref.baseline)
+    adherence = ADHERENCE[config.adherence or ("toy" if embedder is not None and embedder.name == "toy" else "none")]
+    if adherence is not None:
+        for i, a in zip(kept, adherence(models).judge([images[i] for i in kept], [texts[i] for i in kept])):
+            if a is not None and a.score is not None:
+                scores[i]["adherence"], notes[i] = a.score, a.misses
+    if config.aesthetic and kept:
+        for i, rating in zip(kept, _aesthetic(config.aesthetic, models).rate([images[i] for i in kept])):
+            scores[i]["aesthetic"] = float(rating)
+    entries = [Judged(path, reason is None, reason, s, combined_score(s) if reason is None else None, None, note)
+               for path, s, reason, note in zip(files, scores, reasons, notes)]
+    return Ranking(_order(entries), ref.baseline if ref else None, config, ref.describe() if ref else None, subject,
+                   concept, tuple(f"reference photo {n} skipped: {r}" for n, r in (ref.skipped if ref else ())))
+
+
+def _filter(images, config: JudgeConfig, models: Models, subject: str, embedder) -> tuple[list, list, list]:
+    """Per image: its quality numbers, why it fails the filters (None: kept), and the faces found (None when
+    the subject has no face rules)."""
     counted = SUBJECT_RULES[subject][0]
     detector = embedder.detector if embedder is not None else "dlib"
     faces = models.detector(detector).detect(images) if counted else [None] * len(images)
-    face_size = config.face_size or (embedder.face_size if embedder is not None else _default_face_size())
-    scores: list[dict[str, float]] = [{} for _ in images]
+    face_size = config.face_size or (embedder.face_size if embedder is not None else FACECHAIN_FACE_SIZE)
+    scores: list[dict[str, float]] = []
     reasons: list[str | None] = []
-    for image, found, s in zip(images, faces, scores):
+    for image, found in zip(images, faces):
         q = quality(image)
-        s.update(q.as_dict())
-        s["quality"] = (q.sharpness + q.exposure) / 2
+        s = {**q.as_dict(), "quality": (q.sharpness + q.exposure) / 2}
         if found is not None and found.box is not None:
             s["face_size"] = found.relative_size(image.size)
         broken = f"broken render: {q.flaw}" if q.artefacts <= 0 else None  # says more than "no face found"
         reasons.append(broken or face_rule(found, image.size, face_size, subject))
-    if embedder is not None:
-        # Face embedders cost ~0.25 s a face on a CPU: only kept images. The toy probe reads all in one batch,
-        # which also shows, for dropped images, what their identity would have been.
-        idx = [i for i, r in enumerate(reasons) if r is None or not embedder.needs_face]
-        embs = embedder.embed([images[i] for i in idx], [faces[i] for i in idx])
-        for i, emb in zip(idx, embs):
-            if emb is not None:
-                s = scores[i]
-                s["identity"] = float(embedder.similarity(emb, ref.mean))
-                s["identity_rel"] = relative_identity(s["identity"], ref.baseline)
-    notes: list[tuple[str, ...]] = [()] * len(images)
-    adherence_name = config.adherence or ("toy" if embedder is not None and embedder.name == "toy" else "none")
-    judge = ADHERENCE[adherence_name]
-    if judge is not None:
-        for i, a in enumerate(judge(models).judge(images, texts)):
-            if a is not None and a.score is not None:
-                scores[i]["adherence"] = a.score
-                notes[i] = a.misses
-    if config.aesthetic:
-        for s, rating in zip(scores, _aesthetic(config.aesthetic, models).rate(images)):
-            s["aesthetic"] = float(rating)
-    entries = []
-    for path, s, reason, note in zip(files, scores, reasons, notes):
-        if reason is None and embedder is not None and "identity" not in s:
-            reason = "no face to compare"
-        entries.append(Judged(path, reason is None, reason, s, combined_score(s) if reason is None else None,
-                              None, note))
-    entries = _order(entries)
-    return Ranking(entries, ref.baseline if ref else None, config, ref.describe() if ref else None, subject, concept,
-                   tuple(f"reference photo {n} skipped: {r}" for n, r in (ref.skipped if ref else ())))
-
-
-def _default_face_size() -> tuple[float, float]:
-    from loracam.judge.detect import FACECHAIN_FACE_SIZE
-
-    return FACECHAIN_FACE_SIZE
+        scores.append(s)
+    return scores, reasons, faces
 
 
 def _order(entries: list[Judged]) -> list[Judged]:
@@ -280,56 +276,6 @@ def _aesthetic(spec: str, models: Models):
     from loracam.judge.aesthetic import AestheticPredictor, parse_spec
 
     return models.get(("aesthetic", spec), lambda: AestheticPredictor(*parse_spec(spec)))
-
-
-def collect_images(items: Sequence[Path]) -> list[Path]:
-    """Image files, folders expanded to the images directly in them (sorted); missing or empty is an error."""
-    from loracam.data.intake import list_photos
-
-    if not items:
-        raise LoracamError("no images to judge; pass image files or folders of them")
-    out: list[Path] = []
-    for item in map(Path, items):
-        if not item.exists():
-            raise LoracamError(f"{item} does not exist; pass image files or folders of them")
-        if item.is_dir():
-            found, _ = list_photos(item)
-            if not found:
-                raise LoracamError(f"no images in {item} (PNG, JPEG, WebP or BMP); pass the folder the images "
-                                   "were saved to")
-            out += found
-        else:
-            out.append(item)
-    return list(dict.fromkeys(out))  # a file named twice is judged once
-
-
-def _load(path: Path) -> Image.Image:
-    from loracam.generate.images import load_image
-
-    return load_image(path, "image")
-
-
-def _prompts(files: list[Path], prompts) -> list[str | None]:
-    """Each image's prompt: the given one, else the infotext's (None when the image has neither)."""
-    if prompts is None:
-        given: list[str | None] = [None] * len(files)
-    elif isinstance(prompts, Mapping):
-        given = [prompts.get(str(p), prompts.get(p)) for p in files]  # type: ignore[call-overload]
-    else:
-        given = list(prompts)
-        if len(given) != len(files):
-            raise LoracamError(f"{len(given)} prompts for {len(files)} images; give one per image (None to read "
-                               "the image's infotext)")
-    return [g if g is not None else _infotext_prompt(p) for g, p in zip(given, files)]
-
-
-def _infotext_prompt(path: Path) -> str | None:
-    from loracam.generate.infotext import parse_infotext
-
-    with Image.open(path) as im:
-        im.load()  # PNG text chunks after the image data are read with it
-        text = im.info.get("parameters")
-    return parse_infotext(text).prompt if isinstance(text, str) and text.strip() else None
 
 
 def write_ranking(ranking: Ranking, json_path: Path | None = None, sheet_path: Path | None = None) -> list[Path]:
