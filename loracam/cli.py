@@ -475,13 +475,18 @@ def toy_judge(
 @user_errors
 def demo(output: Path = typer.Option(Path("demo-output"), "-o", "--output"),
          steps: Optional[int] = typer.Option(None, "--steps", min=1,
-                                             help="LoRA training steps (default 1600; fewer: a quick, weak LoRA).")):
-    """Run the main job on the built-in model and write the results to demo-output/."""
+                                             help="LoRA training steps (default: the toy face rule; fewer: quick, weak)."),
+         per_style: Optional[int] = typer.Option(None, "--per-style", min=1, help="Candidates per style (default 12).")):
+    """Run the studio job on the built-in toy world and write the results to demo-output/."""
     from dataclasses import replace
 
     from loracam.studio.demo import DemoSettings, run_demo
 
-    settings = DemoSettings() if steps is None else replace(DemoSettings(), steps=steps)
+    settings = DemoSettings()
+    if steps is not None:
+        settings = replace(settings, train_steps=steps)
+    if per_style is not None:
+        settings = replace(settings, per_style=per_style, keep=min(settings.keep, per_style))
     run_demo(output, echo=typer.echo, settings=settings)
 
 

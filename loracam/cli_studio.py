@@ -43,6 +43,8 @@ def run(
     keep: int = typer.Option(6, "--keep", help="Images kept per style."),
     train_steps: Optional[int] = typer.Option(None, "--train-steps", help="LoRA training steps (default: the subject's)."),
     seed: int = typer.Option(1000, "--seed"),
+    lora_weight: Optional[float] = typer.Option(None, "--lora-weight",
+                                                help="The LoRA's weight (default: what its file recommends)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Candidates rendered together."),
     style_dir: Optional[List[Path]] = typer.Option(None, "--style-dir", help="A folder of your own style presets."),
     lora_dir: Optional[List[Path]] = typer.Option(None, "--lora-dir", help="Where style LoRAs are found."),
@@ -56,7 +58,7 @@ def run(
 
     cfg = StudioConfig(name=name, photos=str(photos.resolve()), subject=subject, trigger=trigger,
                        class_word=class_word, styles=_csv(styles), base=base, per_style=per_style, keep=keep,
-                       train_steps=train_steps, seed=seed, batch_size=batch_size, style_dirs=_paths(style_dir),
+                       train_steps=train_steps, seed=seed, lora_weight=lora_weight, batch_size=batch_size, style_dirs=_paths(style_dir),
                        lora_dirs=_paths(lora_dir), upscaler_dirs=_paths(upscaler_dir),
                        controlnet_dirs=_paths(controlnet_dir), device=device)
     store = _store(studio)

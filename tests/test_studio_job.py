@@ -159,3 +159,49 @@ def test_the_cli_reports_a_missing_photos_folder_without_a_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "loracam.cli", "studio", "run", str(tmp_path / "nope"), "--name", "x",
                            "--studio", str(tmp_path / "s")], capture_output=True, text=True)
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_dressup_picks_seeds_then_the_lightest_weights_that_show_every_lora(tmp_path):
+    """The NGA workflow as a job, with two random LoRAs named as the toy world's garment and shoes (what they
+    draw does not matter here: the test recomputes the probe's verdicts and checks the job's choices)."""
+    import itertools
+
+    import torch
+
+    from loracam.lora.formats import random_lora, write_kohya
+    from loracam.models import ModelCache
+    from loracam.studio.probe_report import read_files
+    from loracam.toy.judge import shows
+
+    model = ModelCache().get("toy", torch.device("cpu"), torch.float32)
+    loras = []
+    for i, trigger in enumerate(("testdress", "myshoes")):
+        path = tmp_path / "loras" / f"{trigger}-lora.safetensors"
+        path.parent.mkdir(exist_ok=True)
+        write_kohya(path, random_lora(model.unet, model.text_encoder, seed=i, std=0.02),
+                    {"loracam_trigger": trigger, "loracam_recommended_weight": "0.8"})
+        loras.append(str(path))
+    store = JobStore(tmp_path / "studio")
+    create_job(store, StudioConfig(name="dress", kind="dressup", subject="garment", loras=tuple(loras), seeds=4, keep=2))
+    folder = run_job(store, "dress", echo=lambda s: None)
+    assert set(_steps(store, "dress").values()) == {"done"}
+    picked = json.loads((folder / "seeds" / "picked.json").read_text())
+    best = sorted(picked["scores"].items(), key=lambda kv: (-kv[1], int(kv[0])))
+    assert picked["picked"] == [int(s) for s, _ in best[:2]]
+    chosen = json.loads((folder / "weights" / "chosen.json").read_text())
+    assert sorted(map(int, chosen)) == sorted(picked["picked"])
+    for seed, c in chosen.items():
+        cells = sorted((folder / "weights" / seed).glob("*.png"))
+        assert len(cells) == 9  # 0.6/0.8/1.0 for each of the two LoRAs
+        reads = read_files(cells)
+        score = {p.name: (shows(r, "testdress") + shows(r, "myshoes")) / 2 for p, r in zip(cells, reads)}
+        top = max(score.values())
+        assert score[c["file"]] == top
+        assert sum(c["weights"]) == min(sum(float(x) for x in n[:-4].split("-")[1:]) for n, s in score.items() if s == top)
+        assert (folder / "weights" / f"{seed}-grid.png").is_file()
+        from PIL import Image
+
+        with Image.open(folder / "final" / c["file"]) as im:
+            assert im.size == (256, 384) and "toy-4x" in im.info["extras"]
+            assert "<lora:testdress-lora:" in im.info["parameters"]
+    assert "seed" in (folder / "gallery" / "index.html").read_text()

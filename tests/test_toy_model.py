@@ -99,36 +99,29 @@ def test_short_lora_training_moves_the_probe_toward_testdress(probe, toy, tmp_pa
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    """Every step of `make demo` through the public CLI, each reading what the one before wrote. A short LoRA
-    (30 steps: the full 1600 take minutes) shows the plumbing; what training achieves is the test above's."""
-    out = tmp_path / "demo-output"
-    proc = subprocess.run([sys.executable, "-m", "loracam.cli", "demo", "-o", str(out), "--steps", "30"],
-                          capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for f in ("report.md", "testdress.safetensors", "fidelity.json", "dataset/contact_sheet.png"):
-        assert (out / f).exists(), f
-    assert len(list((out / "testdress.previews").glob("*.png"))) == 3  # every third of the run
-    assert len(list((out / "grid").glob("*.png"))) == 6 * 6 + 1  # the cells and the grid image
-    assert 'lora:testdress=0,0.2,0.4,0.6,0.8,1' in proc.stdout  # the public command it ran
-    fid = json.loads((out / "fidelity.json").read_text())
-    curve = dict((w, f) for w, f in fid["fidelity"])
-    assert set(curve) == {0.0, 0.2, 0.4, 0.6, 0.8, 1.0}
-    assert curve[0.0] == 0.0  # the base alone never renders the held-out testdress
-    report = (out / "report.md").read_text()
-    assert "| 1 |" in report and "30 steps" in report
-    # finished: a garment detail pass, then the toy 4x upscaler, beside the raw render
+    """`make demo`: toy photos, then the studio job through the public CLI. A short LoRA (30 steps) and 6
+    candidates a style show the plumbing; what training and ranking achieve is benchmarks/toy_studio.py's."""
     from PIL import Image
 
-    detailed, big = out / "finished" / "00005-1000.png", out / "finished" / "4x" / "00005-1000.png"
-    assert "ADetailer model: toy-garment" in Image.open(detailed).info["parameters"]
-    assert Image.open(big).size == (256, 384) and "Postprocess upscaler: toy-4x" in Image.open(big).text["extras"]
-    assert Image.open(out / "finished.png").size == (3 * 256 + 16, 384 + 20) and "finished.png" in report
-    # posed: the standing template through the built-in toy ControlNet, weight 0 and 1, three seeds
-    posed = sorted(p.name for p in (out / "posed").glob("*.png"))
-    assert len([p for p in posed if "-control" not in p]) == 6 + 1 and len([p for p in posed if "-control0" in p]) == 6
-    text = Image.open(out / "posed" / "00001-1000.png").info["parameters"]
-    assert 'ControlNet 0: "Module: openpose, Model: toy-openpose [' in text and "Weight: 1," in text
-    assert "posed/" in report
+    out = tmp_path / "demo-output"
+    proc = subprocess.run([sys.executable, "-m", "loracam.cli", "demo", "-o", str(out), "--steps", "30",
+                           "--per-style", "6"], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    job = out / "studio" / "sks"
+    for f in ("report.md", "studio/jobs.sqlite", "studio/sks/lora/sks.safetensors",
+              "studio/sks/dataset/contact_sheet.png", "studio/sks/gallery/index.html", "studio/sks/gallery/training.png"):
+        assert (out / f).exists(), f
+    assert "studio run" in proc.stdout and "--styles toy-studio,toy-garden" in proc.stdout  # the public command
+    styles = ("toy-studio", "toy-garden", "toy-sunset", "toy-pastel", "toy-ocean", "toy-lemon")
+    for style in styles:
+        assert len(list((job / "candidates" / style).glob("*.png"))) == 6
+        finals = sorted((job / "final" / style).glob("*.png"))
+        assert len(finals) == 6 and Image.open(finals[0]).size == (256, 384)
+        assert "Postprocess upscaler: toy-4x" in Image.open(finals[0]).text["extras"]
+    report = (out / "report.md").read_text()
+    assert all(f"| {style} |" in report for style in styles) and "30 steps" in report
+    probe = json.loads((job / "gallery" / "report.json").read_text())["probe"]
+    assert probe["concept"] == "sks" and sum(v["n"] for v in probe["styles"].values()) == 36
     # a second run into the same folder refuses instead of overwriting
     again = subprocess.run([sys.executable, "-m", "loracam.cli", "demo", "-o", str(out)], capture_output=True,
                            text=True, timeout=60)

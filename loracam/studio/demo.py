@@ -1,9 +1,10 @@
-"""``loracam demo``: the main job, end to end, on the built-in toy model.
+"""``loracam demo``: the studio job on the built-in toy world, end to end.
 
-A user's garment LoRA, the NGA way: photos of the testdress worn by different dolls -> ``prep --subject
-garment --reg`` (garment-only crops + full-body reg images) -> ``train`` -> a seed row and an X/Y/Z grid
-over the LoRA weight -> the probe's fidelity per weight -> a one-page report. Each step is the public
-command a user would type (run as a subprocess), so the demo is also the end-to-end test of the CLI.
+Photos of a doll with the held-out *sks* face (the toy world's stand-in for a person) -> ``loracam studio run``:
+prep (close-up face crops, identity checked), a LoRA (its checkpoint picked by identity), candidates in six
+toy styles, the judge's pick of the best per style, the toy 4x upscaler, a gallery. Each step is the public
+command a user would type, run as a subprocess, so the demo is also the end-to-end test of the CLI. The
+report adds the probe's reading of the gallery: does each kept image show sks, and its style's background?
 """
 
 from __future__ import annotations
@@ -19,25 +20,17 @@ from typing import Callable
 from loracam.errors import LoracamError
 from loracam.io import atomic_write_bytes, writable_dir
 
-TRIGGER = "testdress"
-# Upper body: at the toy's 64x96 a full-body doll's dress is ~20 px wide, and a LoRA trained on garment-only
-# crops rarely carries the pattern down to that scale (benchmarks/toy_quality.py measures full-body fidelity).
-PROMPT = "1girl, upper body, testdress, black hair, long hair, blue background"
-WEIGHTS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-# Posed: full body, steered by the shipped "standing" template through the built-in toy ControlNet
-POSED = "1girl, full body, testdress, black hair, long hair, blue background"
-POSE = "standing"
+NAME = "sks"
+STYLES = ("toy-studio", "toy-garden", "toy-sunset", "toy-pastel", "toy-ocean", "toy-lemon")
 
 
 @dataclass(frozen=True)
 class DemoSettings:
     photos: int = 12
-    steps: int = 1600  # on the toy base 800 steps read testdress in ~15% of upper-body images at weight 1
-    batch_size: int = 4
-    grid_seeds: int = 6
-    sample_steps: int = 20
-    # No learning rate: the garment preset's, scaled for the toy base by the trainer (models.preset_lr_scale),
-    # as a user's `loracam train --subject garment` gets it.
+    per_style: int = 12
+    keep: int = 6
+    train_steps: int | None = None  # None: the toy face rule (loracam.studio.portrait.TOY_TRAINING)
+    styles: tuple[str, ...] = STYLES
 
 
 def run_demo(output: Path, echo: Callable[[str], None] = print, settings: DemoSettings = DemoSettings()) -> Path:
@@ -46,38 +39,19 @@ def run_demo(output: Path, echo: Callable[[str], None] = print, settings: DemoSe
     if any(out.iterdir()):
         raise LoracamError(f"{out} is not empty; the demo never overwrites: remove it or pass -o NEW_FOLDER")
     s = settings
-    lora = out / f"{TRIGGER}.safetensors"
-    weights = ",".join(f"{w:g}" for w in WEIGHTS)
-    seeds = ",".join(str(1000 + i) for i in range(s.grid_seeds))
+    job = ["studio", "run", out / "photos", "--name", NAME, "--subject", "face", "--trigger", NAME,
+           "--studio", out / "studio", "--styles", ",".join(s.styles), "--per-style", s.per_style, "--keep", s.keep]
+    if s.train_steps:
+        job += ["--train-steps", s.train_steps]
     steps = [
-        ("photos", ["toy", "photos", out / "photos", "--concept", TRIGGER, "-n", s.photos]),
-        ("prep", ["prep", out / "photos", "-o", out / "dataset", "--subject", "garment", "--trigger", TRIGGER,
-                  "--class", "1girl", "--reg", "--boxes", out / "photos" / "boxes.json", "--resolution", "64x96"]),
-        ("train", ["train", out / "dataset", "-o", lora, "--subject", "garment", "--max-steps", s.steps,
-                   "--batch-size", s.batch_size, "--preview-every", max(1, s.steps // 3),
-                   "--preview-prompt", PROMPT]),
-        ("seed row", ["grid", f"{PROMPT} <lora:{TRIGGER}:0.8>", "--seeds", 6, "--lora-dir", out,
-                      "--steps", s.sample_steps, "-o", out / "seed-row"]),
-        ("grid", ["grid", f"{PROMPT} <lora:{TRIGGER}:1>", "--x", f"lora:{TRIGGER}={weights}", "--y",
-                  f"Seed={seeds}", "--lora-dir", out, "--steps", s.sample_steps, "-o", out / "grid"]),
-        ("judge", ["toy", "judge", out / "grid", "--concept", TRIGGER, "--lora", TRIGGER,
-                   "--json", out / "fidelity.json"]),
-        ("pose", ["grid", f"{POSED} <lora:{TRIGGER}:1>", "--controlnet", f"openpose:{POSE}", "--x",
-                  "[ControlNet] Weight=0,1", "--y", "Seed=1000,1001,1002", "--lora-dir", out, "--steps",
-                  s.sample_steps, "-o", out / "posed"]),
+        ("photos", ["toy", "photos", out / "photos", "--concept", NAME, "-n", s.photos, "--size", "384x576"]),
+        ("studio job", job),
     ]
     times = {}
     for name, args in steps:
         times[name] = _run(name, [str(a) for a in args], out, echo)
-    # finishing the weight-1 cell of the first seed: a garment detail pass, then the toy 4x upscaler
-    raw = out / "grid" / f"{len(WEIGHTS) - 1:05d}-1000.png"  # cells are saved row by row: seed 1000, weight 1
-    for name, args in (("detail", ["detail", raw, "--detail", "garment", "--lora-dir", out, "-o", out / "finished"]),
-                       ("upscale", ["upscale", out / "finished" / raw.name, "--model", "toy-4x", "-o",
-                                    out / "finished" / "4x"])):
-        times[name] = _run(name, [str(a) for a in args], out, echo)
-    side_by_side(raw, out / "finished" / raw.name, out / "finished" / "4x" / raw.name, out / "finished.png")
     report = _report(out, times, s)
-    echo(f"demo done in {sum(times.values()):.0f} s: open {report}")
+    echo(f"demo done in {sum(times.values()):.0f} s: open {report} and {out / 'studio' / NAME / 'gallery' / 'index.html'}")
     return report
 
 
@@ -87,31 +61,11 @@ def _run(name: str, args: list[str], out: Path, echo) -> float:
     proc = subprocess.run([sys.executable, "-m", "loracam.cli", *args], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip() and "%|" not in ln]  # no progress bars
-    for line in lines[-8:]:
+    for line in lines[-14:]:
         echo(f"   {line}")
     if proc.returncode != 0:
         raise LoracamError(f"the demo's {name} step failed (exit {proc.returncode}); its output is above")
     return time.time() - t
-
-
-CAPTION = 20  # px of caption band under the panels
-PANEL_CAPTIONS = ("as rendered (nearest 4x)", "garment detail pass (nearest 4x)", "then toy-4x upscale")
-
-
-def side_by_side(raw: Path, detailed: Path, upscaled: Path, target: Path) -> Path:
-    """The raw render, the detailed one (both enlarged 4x by nearest, to compare pixels) and the toy-4x upscale."""
-    from PIL import Image, ImageDraw
-
-    from loracam.generate.images import png_with_text
-
-    big = Image.open(upscaled).convert("RGB")
-    panels = [Image.open(p).convert("RGB").resize(big.size, Image.NEAREST) for p in (raw, detailed)] + [big]
-    sheet = Image.new("RGB", (big.width * 3 + 16, big.height + CAPTION), "white")
-    draw = ImageDraw.Draw(sheet)
-    for i, (panel, caption) in enumerate(zip(panels, PANEL_CAPTIONS)):
-        sheet.paste(panel, (i * (big.width + 8), 0))
-        draw.text((i * (big.width + 8) + 4, big.height + 5), caption, fill="black")
-    return atomic_write_bytes(target, png_with_text(sheet, {}))
 
 
 def _short(arg: str, out: Path) -> str:
@@ -120,41 +74,40 @@ def _short(arg: str, out: Path) -> str:
 
 
 def _report(out: Path, times: dict[str, float], s: DemoSettings) -> Path:
-    fid = json.loads((out / "fidelity.json").read_text())
-    curve = fid["fidelity"]
-    prob = dict((w, p) for w, p in fid["probability"])
-    best = next(((w, f) for w, f in curve if f >= 0.8), None)
-    grid = sorted((out / "grid").glob("*.png"))[-1]
-    posed = max((p for p in (out / "posed").glob("*.png") if "-control" not in p.name), key=lambda p: p.name)
-    previews = sorted((out / f"{TRIGGER}.previews").glob("*.png"))
-    rows = "\n".join(f"| {w:g} | {f:.0%} | {prob.get(w, 0):.2f} |" for w, f in curve)
+    from loracam.studio.store import JobStore
+
+    job = out / "studio" / NAME
+    report = json.loads((job / "gallery" / "report.json").read_text())
+    probe = report["probe"]["styles"]
+    store = JobStore(out / "studio")
+    step_times = {st.name: st.detail.get("seconds") for st in store.steps(NAME)}
+    train = next((st.detail for st in store.steps(NAME) if st.name == "train"), {})
+    rows = "\n".join(f"| {name} | {v['concept']}/{v['n']} | {v['attributes']}/{v['n']} | {v['both']}/{v['n']} |"
+                     for name, v in probe.items())
+    total = sum(v["n"] for v in probe.values())
+    both = sum(v["both"] for v in probe.values())
     lines = [
-        "# loracam demo: a garment LoRA on the built-in toy model", "",
-        f"{s.photos} photos of the held-out *testdress* worn by different dolls were prepared the NGA way "
-        "(garment-only crops, full-body crops as regularization images), a LoRA was trained on them "
-        f"({s.steps} steps) and rendered over a grid of LoRA weights with {s.grid_seeds} seeds each. "
-        "The toy world's attribute probe then read every grid cell.", "",
-        "## Fidelity (the probe reads a testdress)", "",
-        f"Prompt: `{PROMPT}`.", "",
-        "| LoRA weight | fidelity | the probe's probability of a testdress |",
-        "|---|---|---|", rows, "",
-        (f"The smallest weight with at least 80% fidelity: **{best[0]:g}** ({best[1]:.0%})." if best else
-         f"No weight reached 80% fidelity after {s.steps} steps; train longer (`loracam demo --steps 3000`)."), "",
+        "# loracam demo: the studio job on the built-in toy world", "",
+        f"{s.photos} photos of a doll with the held-out *sks* face went through `loracam studio run`: prep "
+        "(close-up face crops found by the toy locator, identity outliers dropped), a LoRA "
+        f"({train.get('steps', '?')} steps, checkpoint: {train.get('selected', 'last')}), {s.per_style} candidates in "
+        f"each of {len(probe)} styles, the judge's best {s.keep} per style (identity against the photos' own baseline, "
+        "quality, the style's prompt), upscaled 4x by the toy upscaler.", "",
+        f"Open the gallery: `studio/{NAME}/gallery/index.html`.", "",
+        "## What the toy probe reads in the kept images", "",
+        "| style | shows sks | shows the style's attributes | both |", "|---|---|---|---|", rows, "",
+        f"In all: {both} of {total} kept images show both the sks face and their style's attributes.", "",
         "## Files", "",
-        "- contact sheet of the prepared dataset: `dataset/contact_sheet.png`",
-        "- prep's report: `dataset/report.md`",
-        f"- the LoRA (kohya format, loads in A1111/ComfyUI/diffusers): `{TRIGGER}.safetensors`",
-        "- training previews: " + (", ".join(f"`{p.relative_to(out)}`" for p in previews[:6]) or "none"),
-        f"- the seed row: `seed-row/`; the weight x seed grid: `{grid.relative_to(out)}`",
-        "- finished: `finished.png` shows the weight-1 render of seed 1000 as rendered, after a garment detail "
-        "pass (`loracam detail`) and after the toy 4x upscaler (`loracam upscale --model toy-4x`); the files "
-        "are in `finished/`",
-        f"- posed: `{posed.relative_to(out)}`: the LoRA at full body without (left) and with (right) the built-in "
-        f"toy ControlNet steered by the `{POSE}` pose template (`loracam pose --list`); each cell's map is "
-        "beside it (`posed/*-control0.png`)",
-        "- the numbers: `fidelity.json`", "",
+        f"- the prepared photos: `studio/{NAME}/dataset/contact_sheet.png` and `report.md`",
+        f"- the LoRA (kohya format, loads in A1111/ComfyUI/diffusers): `studio/{NAME}/lora/{NAME}.safetensors`",
+        f"- every candidate: `studio/{NAME}/candidates/STYLE/`; the judge's ranking and contact sheet: "
+        f"`studio/{NAME}/judge/STYLE/ranking.json`, `sheet.png`",
+        f"- the finished images: `studio/{NAME}/final/STYLE/` (PNG with infotext and the upscaler's Extras keys)",
+        f"- the job: `loracam studio status {NAME} --studio {out.name}/studio`", "",
         "## Time (seconds)", "",
         "| step | seconds |", "|---|---|",
-        *(f"| {k} | {v:.1f} |" for k, v in times.items()), f"| total | {sum(times.values()):.1f} |", "",
+        *(f"| {k} | {v:.1f} |" for k, v in times.items()),
+        *(f"| studio: {k} | {v} |" for k, v in step_times.items()),
+        f"| total | {sum(times.values()):.1f} |", "",
     ]
     return atomic_write_bytes(out / "report.md", "\n".join(lines).encode())

@@ -45,7 +45,7 @@ class StudioConfig:
     train_steps: int | None = None  # None: the subject's rule on this base
     seed: int = 1000
     batch_size: int = 8
-    lora_weight: float = 1.0
+    lora_weight: float | None = None  # None: the toy rule's, or the LoRA's recommended weight
     style_dirs: tuple[str, ...] = ()
     lora_dirs: tuple[str, ...] = ()
     upscaler_dirs: tuple[str, ...] = ()
