@@ -205,3 +205,32 @@ def test_dressup_picks_seeds_then_the_lightest_weights_that_show_every_lora(tmp_
             assert im.size == (256, 384) and "toy-4x" in im.info["extras"]
             assert "<lora:testdress-lora:" in im.info["parameters"]
     assert "seed" in (folder / "gallery" / "index.html").read_text()
+
+
+def test_a_job_from_a_newer_loracam_is_refused_and_the_cli_lists_status_and_cancels(photos, tmp_path):
+    import sqlite3
+
+    from typer.testing import CliRunner
+
+    from loracam.cli import app
+
+    studio = tmp_path / "studio"
+    store = JobStore(studio)
+    create_job(store, _config(photos, name="n"))
+    create_job(store, _config(photos, name="old"))
+    runner = CliRunner()
+    listed = runner.invoke(app, ["studio", "list", "--studio", str(studio)])
+    assert listed.exit_code == 0 and "n " in listed.output and "0/6 steps" in listed.output
+    status = runner.invoke(app, ["studio", "status", "old", "--studio", str(studio)])
+    assert status.exit_code == 0 and "prep" in status.output and "pending" in status.output
+    cancelled = runner.invoke(app, ["studio", "cancel", "old", "--studio", str(studio)])
+    assert cancelled.exit_code == 0 and store.job("old").status == "cancelled"
+    missing = runner.invoke(app, ["studio", "status", "nope", "--studio", str(studio)])
+    assert missing.exit_code == 2 and "no job named 'nope'" in missing.output
+    db = sqlite3.connect(studio / "jobs.sqlite")
+    db.execute("UPDATE jobs SET version = version + 1 WHERE name = 'n'")
+    db.commit()
+    db.close()
+    with pytest.raises(LoracamError, match="newer loracam.*upgrade"):
+        run_job(store, "n", echo=lambda s: None)
+    assert set(_steps(store, "n").values()) == {"pending"}
