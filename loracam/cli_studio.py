@@ -54,16 +54,23 @@ def run(
     studio: Path = typer.Option(Path("studio"), "--studio", help=STUDIO_HELP),
 ):
     """Photos -> prep -> train -> candidates per style -> judge -> upscale -> gallery, as one resumable job."""
-    from loracam.studio.job import StudioConfig, create_job, run_job
+    from loracam.studio.job import StudioConfig
 
     cfg = StudioConfig(name=name, photos=str(photos.resolve()), subject=subject, trigger=trigger,
                        class_word=class_word, styles=_csv(styles), base=base, per_style=per_style, keep=keep,
                        train_steps=train_steps, seed=seed, lora_weight=lora_weight, batch_size=batch_size, style_dirs=_paths(style_dir),
                        lora_dirs=_paths(lora_dir), upscaler_dirs=_paths(upscaler_dir),
                        controlnet_dirs=_paths(controlnet_dir), device=device)
+    _start(studio, cfg)
+
+
+def _start(studio: Path, cfg) -> None:
+    """Record the job, then run it; a job stopped on the way is continued by `loracam studio resume`."""
+    from loracam.studio.job import create_job, run_job
+
     store = _store(studio)
     create_job(store, cfg, echo=typer.echo)
-    folder = run_job(store, name, echo=typer.echo)
+    folder = run_job(store, cfg.name, echo=typer.echo)
     typer.echo(f"done: open {folder / 'gallery' / 'index.html'}")
 
 
@@ -86,15 +93,12 @@ def dressup(
 ):
     """The NGA guide's workflow as a job: a seed row, compositions picked by the judge, a LoRA weight grid on
     the picked seeds, the smallest weights that work, finished, in a gallery."""
-    from loracam.studio.job import StudioConfig, create_job, run_job
+    from loracam.studio.job import StudioConfig
 
     cfg = StudioConfig(name=name, kind="dressup", subject="garment", loras=tuple(str(p.resolve()) for p in lora),
                        prompt=prompt, negative=negative, base=base, seeds=seeds, keep=keep, styles=_csv(styles),
                        seed=seed, style_dirs=_paths(style_dir), device=device)
-    store = _store(studio)
-    create_job(store, cfg, echo=typer.echo)
-    folder = run_job(store, name, echo=typer.echo)
-    typer.echo(f"done: open {folder / 'gallery' / 'index.html'}")
+    _start(studio, cfg)
 
 
 @studio_app.command("resume")

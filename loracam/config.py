@@ -19,15 +19,20 @@ from loracam.errors import LoracamError
 T = TypeVar("T")
 
 
-def load_toml(cls: type[T], path: str | Path, section: str | None = None) -> T:
-    """Read a TOML file (optionally one table of it) into the frozen dataclass ``cls``."""
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML file as a dict; a missing or unreadable file is a LoracamError naming ``what`` and the path."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise LoracamError(f"config file not found: {path}") from None
+        raise LoracamError(f"{what} not found: {path}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise LoracamError(f"{path} is not valid TOML: {exc}") from None
+
+
+def load_toml(cls: type[T], path: str | Path, section: str | None = None) -> T:
+    """Read a TOML file (optionally one table of it) into the frozen dataclass ``cls``."""
+    data = read_toml(path)
     if section is not None:
         data = data.get(section, {})
     return from_dict(cls, data, where=str(path))

@@ -116,7 +116,7 @@ def _html(run, styles: list[dict], report: dict, curve: Path | None) -> str:
         parts.append(_probe_table(report["probe"]))
     parts.append("<h2>Training</h2><p>")
     if curve is not None:
-        parts.append(f"<img src='training.png' alt='training curve'> ")
+        parts.append("<img src='training.png' alt='training curve'> ")
     parts.append("<a href='../dataset/contact_sheet.png'>the prepared photos</a> · "
                  "<a href='../dataset/report.md'>prep's report</a></p>")
     for s in styles:

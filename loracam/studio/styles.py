@@ -16,18 +16,12 @@ import dataclasses
 import difflib
 import math
 import re
-import sys
 import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
-
-from loracam.config import from_dict
+from loracam.config import from_dict, read_toml
 from loracam.errors import LoracamError
 
 STYLE_VERSION = 1
@@ -367,12 +361,7 @@ def load_style(path: str | Path) -> StylePreset:
     """Read one style preset file; every problem is a LoracamError that names the file (and the key)."""
     path = Path(path)
     where = str(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LoracamError(f"style preset not found: {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise LoracamError(f"{path} is not valid TOML: {exc}") from None
+    data = read_toml(path, "style preset")
     # the version first: a newer file's new keys would otherwise read as typos
     if "version" not in data:
         raise LoracamError(f"{where}: no version key; a style preset starts with `version = {STYLE_VERSION}`")
