@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -164,8 +163,6 @@ def test_the_cli_reports_a_missing_photos_folder_without_a_traceback(tmp_path):
 def test_dressup_picks_seeds_then_the_lightest_weights_that_show_every_lora(tmp_path):
     """The NGA workflow as a job, with two random LoRAs named as the toy world's garment and shoes (what they
     draw does not matter here: the test recomputes the probe's verdicts and checks the job's choices)."""
-    import itertools
-
     import torch
 
     from loracam.lora.formats import random_lora, write_kohya
