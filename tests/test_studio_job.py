@@ -61,6 +61,10 @@ def test_a_job_runs_end_to_end_and_says_what_it_kept(photos, tmp_path):
     html = (folder / "gallery" / "index.html").read_text()
     assert "final/toy-studio/" in html and "training.png" in html and "judge/toy-garden/sheet.png" in html
     assert (folder / "gallery" / "training.png").is_file()
+    kinds = {(step, kind) for step, _, kind in store.artefacts("doll")}
+    assert {("prep", "dataset"), ("train", "lora"), ("render", "candidate"), ("judge", "ranking"), ("upscale", "final"),
+            ("gallery", "gallery")} <= kinds
+    assert len(store.artefacts("doll", "upscale")) == 4 and len(store.artefacts("doll", "render")) == 8
     again = []
     run_job(store, "doll", echo=again.append)
     assert any("already done" in line for line in again)

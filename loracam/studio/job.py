@@ -221,6 +221,7 @@ def run_job(store: JobStore, name: str, echo: Echo = print, accept_changes: bool
             t = time.time()
             detail = steps[row.name](run) or {}
             detail["seconds"] = round(time.time() - t, 1)
+            _record_artefacts(store, name, row.name, job.folder)
             store.step_status(name, row.name, "done", detail)
             store.event(name, "step", f"{row.name} done in {detail['seconds']} s")
             if stop_after == row.name:
@@ -243,6 +244,31 @@ def run_job(store: JobStore, name: str, echo: Echo = print, accept_changes: bool
         _stopped(store, name, current, lease, f"{type(exc).__name__}: {exc}")
         raise
     return job.folder
+
+
+# what each step leaves behind, as the store's artefacts table lists it (kind -> glob below the job folder)
+ARTEFACTS = {
+    "prep": {"dataset": "dataset/manifest.json", "contact sheet": "dataset/contact_sheet.png"},
+    "train": {"lora": "lora/*.safetensors", "training log": "lora/*.events.jsonl"},
+    "render": {"candidate": "candidates/*/*.png"},
+    "judge": {"ranking": "judge/*/ranking.json", "contact sheet": "judge/*/sheet.png"},
+    "upscale": {"final": "final/*/*.png"},
+    "gallery": {"gallery": "gallery/*"},
+    "seeds": {"seed row": "seeds/*.png"},
+    "weights": {"weight grid": "weights/*-grid.png", "grid cell": "weights/*/*.png"},
+    "choose": {"choice": "weights/chosen.json"},
+    "finish": {"final": "final/*.png"},
+}
+
+
+def _record_artefacts(store: JobStore, name: str, step: str, folder: Path) -> None:
+    found = []
+    for kind, pattern in ARTEFACTS.get(step, {}).items():
+        for path in sorted(folder.glob(pattern)):
+            what = ("checkpoint" if kind == "lora" and "-step" in path.name else
+                    "control map" if "-control" in path.name else kind)
+            found.append((path.relative_to(folder), what))
+    store.artefacts_add(name, step, found)
 
 
 def _stopped(store: JobStore, name: str, step: str | None, lease, message: str) -> None:

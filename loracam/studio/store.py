@@ -233,9 +233,12 @@ class JobStore:
             db.execute(f"UPDATE steps SET status=?, {column}=?, detail=? WHERE job=? AND name=?",
                        (status, now, json.dumps(detail or {}), name, step))
 
-    def artefact(self, name: str, step: str, path: Path, kind: str) -> None:
+    def artefacts_add(self, name: str, step: str, files: list[tuple[Path, str]]) -> None:
+        """Record what a step wrote: (path below the job folder, kind) pairs, in one transaction."""
+        now = time.time()
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO artefacts VALUES (?,?,?,?,?)", (name, step, str(path), kind, time.time()))
+            db.executemany("INSERT OR REPLACE INTO artefacts VALUES (?,?,?,?,?)",
+                           [(name, step, str(p), kind, now) for p, kind in files])
 
     def artefacts(self, name: str, step: str | None = None) -> list[tuple[str, str, str]]:
         q = "SELECT step, path, kind FROM artefacts WHERE job=?" + (" AND step=?" if step else "") + " ORDER BY created"
