@@ -123,7 +123,9 @@ def _html(run, styles: list[dict], report: dict, curve: Path | None) -> str:
         parts.append(f"<h2>{e(s['style'])}</h2><p>{e(s['description'])} — kept {len(s['kept'])} of "
                      f"{s['candidates']} candidates ({s['dropped']} dropped by the filters)"
                      + (f"; the reference photos' own identity similarity: {s['baseline']:.2f}" if s["baseline"] is not None else "")
-                     + f". <a href='../{e(s['sheet'])}'>contact sheet of all candidates</a></p>")
+                     + f".</p><details><summary>all {s['candidates']} candidates as the judge saw them (its contact "
+                     f"sheet)</summary><a href='../{e(s['sheet'])}'><img src='../{e(s['sheet'])}' style='max-width:100%'>"
+                     "</a></details>")
         for k in s["kept"]:
             scores = ", ".join(f"{n} {v:.2f}" for n, v in k["scores"].items() if isinstance(v, (int, float)))
             combined = f"{k['combined']:.3f}" if isinstance(k["combined"], (int, float)) else "n/a"

@@ -73,7 +73,8 @@ def prep_step(run) -> dict:
     toy = cfg.base == TOY
     boxes = photos / "boxes.json"
     prep_cfg = PrepConfig(
-        subject=cfg.subject, trigger=cfg.trigger, class_word="1girl" if toy and cfg.subject == "face" else cfg.word,
+        # the toy world's people are all "1girl": its captions and reg images name the class the base knows
+        subject=cfg.subject, trigger=cfg.trigger, class_word="1girl" if toy else cfg.word,
         # the toy base knows a face only in its close-up composition: the caption says so
         class_phrase="1girl, close-up" if toy and cfg.subject == "face" else None,
         reg=cfg.subject == "garment", resolution=_resolution(run),
