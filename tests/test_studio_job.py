@@ -79,11 +79,13 @@ def test_kill_9_in_training_resumes_from_its_checkpoint(photos, tmp_path):
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     lora_dir = studio / "k" / "lora"
     deadline = time.time() + 240
-    while not list(lora_dir.glob("k-step*.safetensors")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    # a checkpoint is its LoRA file and then its resume state: kill once the state is there
+    while not list(lora_dir.glob("k.state/step-*.pt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert list(lora_dir.glob("k-step*.safetensors")), "no checkpoint was written before the deadline"
+    assert list(lora_dir.glob("k.state/step-*.pt")), "no checkpoint was written before the deadline"
+    assert not (lora_dir / "k.safetensors").exists(), "training finished before the kill; the test proves nothing"
     store = JobStore(studio)
     assert _steps(store, "k")["prep"] == "done" and _steps(store, "k")["train"] == "running"
     manifest = (studio / "k" / "dataset" / "manifest.json").stat().st_mtime_ns
