@@ -77,6 +77,6 @@ class ToyFaceAnalyzer:
         """The probe's face-identity distribution of a close-up (float64 [identities])."""
         import torch
 
-        x = np.asarray(crop.convert("RGB").resize(CROP_SIZE, Image.LANCZOS))[None]
+        x = np.array(crop.convert("RGB").resize(CROP_SIZE, Image.LANCZOS))[None]  # writable: torch reads it
         logits = self.probe.logits(x)["face"]
         return torch.softmax(logits.float(), dim=-1)[0].double().numpy()
