@@ -237,3 +237,27 @@ def test_a_job_from_a_newer_loracam_is_refused_and_the_cli_lists_status_and_canc
     with pytest.raises(LoracamError, match="newer loracam.*upgrade"):
         run_job(store, "n", echo=lambda s: None)
     assert set(_steps(store, "n").values()) == {"pending"}
+
+
+def test_prep_finds_toy_faces_and_flags_another_doll(photos, tmp_path):
+    """prep --face-model toy: close-up crops at the toy size around each doll's face, captioned with the toy's
+    close-up framing; a photo of another doll is dropped as 'may be someone else', like dlib's outliers."""
+    from PIL import Image
+
+    from loracam.data.config import PrepConfig
+    from loracam.data.prep import prepare
+
+    mine = tmp_path / "photos"
+    shutil.copytree(photos, mine)
+    write_photos(tmp_path / "other", "none", 1, seed=11, size=(384, 576))
+    shutil.copy(tmp_path / "other" / "photo_000.png", mine / "stranger.png")
+    cfg = PrepConfig(subject="face", trigger="sks", class_word="1girl", class_phrase="1girl, close-up",
+                     resolution=(64, 96), face_model="toy", keep=())
+    result = prepare(mine, tmp_path / "ds", cfg)
+    by_name = {r.name: r for r in result.records}
+    assert by_name["stranger.png"].status == "dropped" and "someone else" in by_name["stranger.png"].reason
+    kept = [r for r in result.records if r.status == "kept"]
+    assert len(kept) >= 4 and all(len(r.embedding) == 7 for r in kept)  # the probe's face classes
+    crops = sorted((tmp_path / "ds" / "img").glob("*/*.png"))
+    assert len(crops) == len(kept) and all(Image.open(c).size == (64, 96) for c in crops)
+    assert {c.with_suffix(".txt").read_text().strip() for c in crops} == {"sks, 1girl, close-up"}
