@@ -261,3 +261,17 @@ def test_prep_finds_toy_faces_and_flags_another_doll(photos, tmp_path):
     crops = sorted((tmp_path / "ds" / "img").glob("*/*.png"))
     assert len(crops) == len(kept) and all(Image.open(c).size == (64, 96) for c in crops)
     assert {c.with_suffix(".txt").read_text().strip() for c in crops} == {"sks, 1girl, close-up"}
+
+
+def test_a_changed_base_model_stops_a_resume(photos, tmp_path):
+    from loracam.models.loader import TOY_DIR
+
+    base = tmp_path / "base"
+    shutil.copytree(TOY_DIR, base)
+    store = JobStore(tmp_path / "studio")
+    create_job(store, _config(photos, name="b", base=str(base), styles=("studio",)))
+    config = base / "scheduler" / "scheduler_config.json"
+    config.write_text(config.read_text().replace("}", ', "edited": 1}', 1))
+    with pytest.raises(LoracamError, match="base model .* is not the one the job began with"):
+        run_job(store, "b", echo=lambda s: None)
+    assert set(_steps(store, "b").values()) == {"pending"}
