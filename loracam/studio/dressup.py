@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from loracam.errors import LoracamError
@@ -75,7 +76,7 @@ def _render(run, items: list[tuple[int, tuple[float, ...]]], folder: Path, name)
                      device=run.cfg.device)
     model = load_model(req, run.models)
     w, h = native_size(model)
-    shared = shared_of(GenRequest(**{**req.__dict__, "width": req.width or w, "height": req.height or h}))
+    shared = shared_of(replace(req, width=req.width or w, height=req.height or h))
     library = LoraLibrary(sorted({Path(lo["path"]).parent for lo in loras}), run.models.hash_cache)
     folder.mkdir(parents=True, exist_ok=True)
     todo = [(s, wts) for s, wts in items if not (folder / name(s, wts)).is_file()]

@@ -11,6 +11,7 @@ content, not their file names), so editing a preset later never changes a job ha
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -97,10 +98,15 @@ class Run:
         self.echo(f"   {message}")
         self.store.event(self.cfg.name, step, message)
 
-    def styles(self):
+    @functools.cached_property
+    def _styles(self) -> list:
         from loracam.studio.styles import StylePreset
 
         return [from_dict(StylePreset, d, where=f"job {self.cfg.name}'s style") for d in self.cfg.resolved_styles]
+
+    def styles(self) -> list:
+        """The job's style presets, as they were when it was created."""
+        return self._styles
 
 
 def kinds() -> dict[str, tuple[tuple[str, Callable[[Run], dict]], ...]]:
