@@ -275,3 +275,34 @@ def test_a_changed_base_model_stops_a_resume(photos, tmp_path):
     with pytest.raises(LoracamError, match="base model .* is not the one the job began with"):
         run_job(store, "b", echo=lambda s: None)
     assert set(_steps(store, "b").values()) == {"pending"}
+
+
+def test_a_real_base_job_takes_the_dlib_path_and_survives_a_judge_that_keeps_nothing(astronaut, tmp_path):
+    """The path real models take (dlib prep and identity, an sd15 style from the user's folder, a real
+    upscaler name), on random:tiny: its renders hold no face, so the judge drops every candidate and says
+    why, and the job still ends with a gallery that shows that instead of failing."""
+    from PIL import ImageOps
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, im in enumerate((astronaut, ImageOps.mirror(astronaut), astronaut.rotate(4))):
+        im.save(photos / f"me_{i}.jpg", quality=92)
+    styles = tmp_path / "styles"
+    styles.mkdir()
+    (styles / "tiny-studio.toml").write_text(
+        'version = 1\nbase = "sd15"\nsubjects = ["face"]\nprompt = "{trigger}, a photo of a {class}, studio"\n'
+        'sampler = "Euler"\nsteps = 2\ncfg = 7\nsize = "64x64"\ncandidates = 3\n[upscale]\nmodel = "lanczos"\n'
+        'scale = 2\n')
+    store = JobStore(tmp_path / "studio")
+    create_job(store, StudioConfig(name="real", photos=str(photos), subject="face", class_word="woman",
+                                   base="random:tiny", styles=("tiny-studio",), style_dirs=(str(styles),),
+                                   per_style=3, keep=2, train_steps=2))
+    folder = run_job(store, "real", echo=lambda s: None)
+    assert set(_steps(store, "real").values()) == {"done"}
+    manifest = json.loads((folder / "dataset" / "manifest.json").read_text())
+    assert sum(p["status"] == "kept" for p in manifest["photos"]) == 3
+    assert all(len(p["embedding"]) == 128 for p in manifest["photos"])  # dlib's descriptor
+    ranking = json.loads((folder / "judge" / "tiny-studio" / "ranking.json").read_text())
+    assert ranking["baseline"] is not None and all(not e["kept"] and e["reason"] for e in ranking["entries"])
+    assert list((folder / "final" / "tiny-studio").glob("*.png")) == []
+    assert "kept 0 of 3" in (folder / "gallery" / "index.html").read_text()

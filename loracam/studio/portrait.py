@@ -122,18 +122,27 @@ def train_step(run) -> dict:
             from loracam.toy.probe import Probe
 
             scorer = ProbeIdentityScorer(Probe.load())
-    elif cfg.train_steps:
-        settings["max_steps"] = cfg.train_steps
-    steps = settings.get("max_steps")
+    else:
+        settings["max_steps"] = cfg.train_steps or _preset_steps(run)
+    steps = settings["max_steps"]
     face = cfg.subject == "face"
     tcfg = TrainConfig(dataset=str(run.folder / "dataset"), base=cfg.base, output=str(out), seed=0, resume=True,
-                       save_every_steps=max(1, steps // 4) if steps else None, select="best" if face else "last",
+                       save_every_steps=max(1, steps // 4), select="best" if face else "last",
                        identity_images=8, device=cfg.device, **{k: v for k, v in settings.items() if v is not None})
     out.parent.mkdir(parents=True, exist_ok=True)
     result = train(tcfg, echo=lambda s: run.note("train", s), progress=False, scorer=scorer)
     if result.stopped_early or not out.is_file():
         raise LoracamError("training stopped before it wrote the LoRA; resume the job to continue it")
     return {"lora": str(out), "steps": result.steps, "selected": result.selected}
+
+
+def _preset_steps(run) -> int:
+    """The subject preset's step rule (steps a training image, clamped) over the prepared dataset, known
+    here so that checkpoints can be saved at every quarter for the identity pick."""
+    from loracam.train.config import GENERIC, PRESETS, preset_steps
+
+    images = [p for p in (run.folder / "dataset" / "img").rglob("*") if p.suffix.lower() in (".png", ".jpg", ".webp")]
+    return preset_steps(PRESETS.get(run.cfg.subject, GENERIC), len(images))
 
 
 # -- render -------------------------------------------------------------------------------------------------
