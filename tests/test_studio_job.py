@@ -36,12 +36,35 @@ def _steps(store, name):
     return {s.name: s.status for s in store.steps(name)}
 
 
-def test_a_job_runs_end_to_end_and_says_what_it_kept(photos, tmp_path):
+def test_a_job_runs_end_to_end_through_a_full_disk_and_says_what_it_kept(photos, tmp_path, monkeypatch):
+    """The whole job; on the way the disk fills while candidates are written: the job stops at the last good
+    step with the message, keeps what it wrote, and resume finishes without rendering those again."""
+    import loracam.studio.portrait as portrait
+    from PIL import Image
+
     store = JobStore(tmp_path / "studio")
     create_job(store, _config(photos))
-    lines = []
-    folder = run_job(store, "doll", echo=lines.append)
+    real, calls = portrait._save, []
+
+    def full(path, rendered):
+        calls.append(path)
+        if len(calls) == 3:
+            raise DiskFull(path)
+        real(path, rendered)
+
+    monkeypatch.setattr(portrait, "_save", full)
+    with pytest.raises(LoracamError, match="stopped at step render: the disk is full.*studio resume doll"):
+        run_job(store, "doll", echo=lambda s: None)
+    steps = _steps(store, "doll")
+    assert steps["prep"] == steps["train"] == "done" and steps["render"] == "failed"
+    made = sorted((tmp_path / "studio" / "doll" / "candidates" / "toy-studio").glob("*.png"))
+    assert [p.name for p in made] == ["000-1000.png", "001-1001.png"]  # the files written before it stand
+    stamp = made[0].stat().st_mtime_ns
+    monkeypatch.setattr(portrait, "_save", real)
+
+    folder = run_job(store, "doll", echo=lambda s: None)
     assert set(_steps(store, "doll").values()) == {"done"} and store.job("doll").status == "done"
+    assert made[0].stat().st_mtime_ns == stamp  # kept, not rendered again
     for style in STYLES:
         cands = sorted((folder / "candidates" / style).glob("*.png"))
         assert [p.name for p in cands] == ["000-1000.png", "001-1001.png", "002-1002.png", "003-1003.png"]
@@ -50,8 +73,6 @@ def test_a_job_runs_end_to_end_and_says_what_it_kept(photos, tmp_path):
         assert kept[:2] == [1, 2]
         finals = sorted((folder / "final" / style).glob("*.png"))
         assert len(finals) == 2
-        from PIL import Image
-
         with Image.open(finals[0]) as im:  # toy styles upscale 4x, keeping the infotext and adding Extras keys
             assert im.size == (256, 384)
             assert "Postprocess upscaler: toy-4x" in im.info["extras"] and "Seed: " in im.info["parameters"]
@@ -70,9 +91,13 @@ def test_a_job_runs_end_to_end_and_says_what_it_kept(photos, tmp_path):
     assert any("already done" in line for line in again)
 
 
-def test_kill_9_in_training_resumes_from_its_checkpoint(photos, tmp_path):
+def test_kill_9_in_training_then_changed_photos_then_resume_from_the_checkpoint(photos, tmp_path):
+    """kill -9 while the CLI trains; the photos then change and vanish: resume refuses, saying what changed;
+    with --accept-changes it goes on from the training checkpoint (prep, done before, is not redone)."""
+    mine = tmp_path / "photos"
+    shutil.copytree(photos, mine)
     studio = tmp_path / "studio"
-    cmd = [sys.executable, "-m", "loracam.cli", "studio", "run", str(photos), "--name", "k", "--studio", str(studio),
+    cmd = [sys.executable, "-m", "loracam.cli", "studio", "run", str(mine), "--name", "k", "--studio", str(studio),
            "--styles", ",".join(STYLES), "--per-style", "4", "--keep", "2", "--train-steps", "40",
            "--batch-size", "4"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -89,60 +114,23 @@ def test_kill_9_in_training_resumes_from_its_checkpoint(photos, tmp_path):
     store = JobStore(studio)
     assert _steps(store, "k")["prep"] == "done" and _steps(store, "k")["train"] == "running"
     manifest = (studio / "k" / "dataset" / "manifest.json").stat().st_mtime_ns
-    run_job(store, "k", echo=lambda s: None, stop_after="train")  # what follows is the end-to-end test's
+
+    (mine / "photo_001.png").write_bytes((mine / "photo_002.png").read_bytes())
+    (mine / "photo_005.png").unlink()
+    with pytest.raises(LoracamError, match=r"photos in .* changed \(removed: photo_005.png; changed: photo_001.png\)"):
+        run_job(store, "k", echo=lambda s: None)
+    shutil.rmtree(mine)
+    with pytest.raises(LoracamError, match="photos folder .* is gone.*--accept-changes"):
+        run_job(store, "k", echo=lambda s: None)
+    assert _steps(store, "k")["train"] == "running"  # untouched by the refusals
+
+    run_job(store, "k", echo=lambda s: None, accept_changes=True, stop_after="train")  # the rest: the test above
     assert _steps(store, "k")["train"] == "done" and (lora_dir / "k.safetensors").is_file()
+    assert any(k == "accepted" for _, k, _ in store.events("k"))
     assert (studio / "k" / "dataset" / "manifest.json").stat().st_mtime_ns == manifest  # prep not redone
     starts = [json.loads(line) for line in (lora_dir / "k.events.jsonl").read_text().splitlines()
               if '"start"' in line]
     assert starts[0]["resumed_at"] == 0 and starts[-1]["resumed_at"] >= 10  # continued from the checkpoint
-
-
-def test_changed_or_vanished_photos_stop_a_resume_with_what_changed(photos, tmp_path):
-    mine = tmp_path / "photos"
-    shutil.copytree(photos, mine)
-    store = JobStore(tmp_path / "studio")
-    create_job(store, _config(mine, name="c"))
-    run_job(store, "c", echo=lambda s: None, stop_after="prep")
-    assert store.job("c").status == "stopped"
-    (mine / "photo_001.png").write_bytes((mine / "photo_002.png").read_bytes())
-    (mine / "photo_005.png").unlink()
-    with pytest.raises(LoracamError, match=r"photos in .* changed \(removed: photo_005.png; changed: photo_001.png\)"):
-        run_job(store, "c", echo=lambda s: None)
-    shutil.rmtree(mine)
-    with pytest.raises(LoracamError, match="photos folder .* is gone.*--accept-changes"):
-        run_job(store, "c", echo=lambda s: None)
-    assert _steps(store, "c")["train"] == "pending"
-    run_job(store, "c", echo=lambda s: None, accept_changes=True, stop_after="train")  # prep is done: goes on
-    assert _steps(store, "c")["train"] == "done"
-    assert any(k == "accepted" for _, k, _ in store.events("c"))
-
-
-def test_a_full_disk_stops_at_the_last_good_step_and_resume_finishes(photos, tmp_path, monkeypatch):
-    import loracam.studio.portrait as portrait
-
-    store = JobStore(tmp_path / "studio")
-    create_job(store, _config(photos, name="d"))
-    real = portrait._save
-    calls = []
-
-    def full(path, rendered):
-        calls.append(path)
-        if len(calls) == 3:
-            raise DiskFull(path)
-        real(path, rendered)
-
-    monkeypatch.setattr(portrait, "_save", full)
-    with pytest.raises(LoracamError, match="stopped at step render: the disk is full.*studio resume d"):
-        run_job(store, "d", echo=lambda s: None)
-    steps = _steps(store, "d")
-    assert steps["prep"] == steps["train"] == "done" and steps["render"] == "failed"
-    made = sorted((tmp_path / "studio" / "d" / "candidates" / "toy-studio").glob("*.png"))
-    assert [p.name for p in made] == ["000-1000.png", "001-1001.png"]  # the files written before it stand
-    stamp = made[0].stat().st_mtime_ns
-    monkeypatch.setattr(portrait, "_save", real)
-    run_job(store, "d", echo=lambda s: None)
-    assert set(_steps(store, "d").values()) == {"done"}
-    assert made[0].stat().st_mtime_ns == stamp  # kept, not rendered again
 
 
 def test_bad_styles_and_held_jobs_are_refused_clearly(photos, tmp_path):
