@@ -71,10 +71,14 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     per_style = 6 if args.quick else args.per_style
     extra = ["--train-steps", 30] if args.quick else []
-    res: dict = {"per_style": per_style, "keep": 6, "styles": {}, "times": {}, "quick": args.quick}
+    # times of runs made earlier into the same --work folder are kept there, so a rerun of one job keeps the rest
+    times_file = work / "times.json"
+    times = json.loads(times_file.read_text()) if times_file.exists() else {}
+    res: dict = {"per_style": per_style, "keep": 6, "styles": {}, "times": times, "quick": args.quick}
     demo = work / "demo"
     if not demo.exists():
         res["times"]["demo"] = round(cli("demo", "-o", demo, *(["--steps", 30, "--per-style", 6] if args.quick else [])), 1)
+        times_file.write_text(json.dumps(times))
     for concept, (subject, trigger) in JOBS.items():
         photos = work / f"photos-{concept}"
         if not photos.exists():
@@ -84,6 +88,7 @@ def main() -> int:
             res["times"][f"job_{concept}"] = round(cli(
                 "studio", "run", photos, "--name", concept, "--subject", subject, "--trigger", trigger, "--studio",
                 studio, "--styles", ",".join(STYLES), "--per-style", per_style, "--keep", 6, *extra), 1)
+            times_file.write_text(json.dumps(times))
         res["styles"][concept] = measure(studio / concept, concept, subject, 6)
     flat = [v for c in res["styles"].values() for v in c.values()]
     res["bars"] = {"kept_at_least_5_of_6_every_style": all(v["kept"] >= 5 / 6 - 1e-9 for v in flat),
