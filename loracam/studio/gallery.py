@@ -61,7 +61,8 @@ def _infotext(path: Path) -> str:
 
 
 def training_curve(lora_dir: Path, target: Path) -> Path | None:
-    """Loss (a running mean over ~2% of the steps) and identity scores against step, as a PNG."""
+    """Loss (a running mean over a tenth of the steps: per-step loss is mostly the noise level drawn) and
+    identity scores against step, as a PNG."""
     from loracam.train.events import read_events
 
     logs = sorted(lora_dir.glob("*.events.jsonl"))
@@ -78,7 +79,7 @@ def training_curve(lora_dir: Path, target: Path) -> Path | None:
     x0, y0, x1, y1 = 50, 20, CURVE_SIZE[0] - 50, CURVE_SIZE[1] - 30
     d.rectangle((x0, y0, x1, y1), outline="black")
     last = max(s for s, _ in steps)
-    window = max(1, len(steps) // 50)
+    window = max(1, len(steps) // 10)
     smooth = [(steps[i][0], sum(v for _, v in steps[max(0, i - window + 1): i + 1]) / len(steps[max(0, i - window + 1): i + 1]))
               for i in range(len(steps))]
     lo, hi = min(v for _, v in smooth), max(v for _, v in smooth)
@@ -92,7 +93,8 @@ def training_curve(lora_dir: Path, target: Path) -> Path | None:
         for s, v in scores:
             cx, cy = fx(s), fy(v, slo - 0.05, shi + 0.05)
             d.ellipse((cx - 4, cy - 4, cx + 4, cy + 4), fill=(214, 39, 40))
-        d.text((x1 - 230, 4), f"identity score per checkpoint: {slo:.2f} .. {shi:.2f}", fill=(214, 39, 40))
+        d.text((x1 - 260, y1 + 8), f"identity score per checkpoint (dots): {slo:.2f} .. {shi:.2f}",
+               fill=(214, 39, 40))
     target.unlink(missing_ok=True)
     return atomic_write_bytes(target, png_with_text(im, {}))
 
