@@ -1,6 +1,7 @@
 """The source documents' claims, measured in the toy world (results: benchmarks/results/toy_quality.json).
 
-1. The probe's accuracy on fresh renders, and the toy base's prompt following.
+1. The probe's accuracy on fresh renders, and the toy base's prompt following: full tag lists, and partial
+   ones in order and shuffled.
 2. The NGA method: a testdress LoRA from (a) garment-only crops + full-body reg images, (b) full-body
    photos without reg, (c) garment-only crops without reg: fidelity and placement on full-body prompts with
    the trigger, and prior drop (prompt following of trigger-free prompts with the LoRA on, vs the base).
@@ -121,6 +122,11 @@ def main() -> int:
     base_follow = judge.following(probe, base_imgs, dolls)
     res["base_prompt_following"] = {a: round(v, 4) for a, v in base_follow.items()}
     print("base following", res["base_prompt_following"], flush=True)
+    # the same dolls' partial prompts, in order and shuffled, each attribute scored where the prompt names
+    # it (judge.following_named; benchmarks/toy_prompts.py measures these alone)
+    for kind, r in judge.prompt_following(model, probe, n=len(dolls), seed=7, kinds=("partial", "shuffled")).items():
+        res[f"base_prompt_following_{kind}"] = {a: round(v, 4) for a, v in r["following"].items()}
+        print(f"base following, {kind} prompts", res[f"base_prompt_following_{kind}"], flush=True)
 
     res["vae_ceiling"] = {f"{c}/{fr}": round(judge.vae_ceiling(probe, model, c, fr, n=n_eval), 4)
                           for c, fr in CEILINGS}
