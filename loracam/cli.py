@@ -13,6 +13,7 @@ from loracam.cli_control import COMMANDS as CONTROL_COMMANDS
 from loracam.cli_finish import COMMANDS as FINISH_COMMANDS, DETAIL_HELP, detail_passes
 from loracam.cli_judge import COMMANDS as JUDGE_COMMANDS
 from loracam.cli_studio import studio_app
+from loracam.cli_tune import COMMANDS as TUNE_COMMANDS
 from loracam.cli_util import StepBar, asdict, parse_size, services, user_errors
 from loracam.control.units import CONTROLNET_HELP, from_flags
 from loracam.errors import LoracamError
@@ -495,6 +496,8 @@ for _command in FINISH_COMMANDS:  # upscale, detail: their own module keeps this
 for _command in CONTROL_COMMANDS:  # pose
     app.command()(_command)
 for _command in JUDGE_COMMANDS:  # judge
+    app.command()(_command)
+for _command in TUNE_COMMANDS:  # tune
     app.command()(_command)
 app.add_typer(studio_app, name="studio")
 
