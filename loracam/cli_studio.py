@@ -77,8 +77,10 @@ def _start(studio: Path, cfg) -> None:
 @studio_app.command("dressup")
 @user_errors
 def dressup(
-    lora: List[Path] = typer.Option(..., "--lora", help="A LoRA file to wear (repeatable: face, garment, shoes...)."),
     name: str = typer.Option(..., "--name", help="The job's name."),
+    lora: Optional[List[Path]] = typer.Option(None, "--lora", help="A LoRA file to wear (repeatable: face, garment, shoes...)."),
+    weights_from: Optional[Path] = typer.Option(None, "--weights-from", help="A tune.json from `loracam tune`: its LoRAs, "
+                                                "prompt and weights (the grid goes -/+0.1 around them)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="The prompt without LoRA tags (default: built from "
                                                                  "the LoRAs' triggers on the toy base)."),
     negative: str = typer.Option("", "--negative"),
@@ -93,9 +95,19 @@ def dressup(
 ):
     """The NGA guide's workflow as a job: a seed row, compositions picked by the judge, a LoRA weight grid on
     the picked seeds, the smallest weights that work, finished, in a gallery."""
+    from loracam.errors import LoracamError
+    from loracam.studio.dressup import tuned_weights
     from loracam.studio.job import StudioConfig
 
-    cfg = StudioConfig(name=name, kind="dressup", subject="garment", loras=tuple(str(p.resolve()) for p in lora),
+    files, weights = tuple(str(p.resolve()) for p in lora or ()), ()
+    if weights_from is not None:
+        if files:
+            raise LoracamError("give --lora files or --weights-from tune.json (which names its LoRAs), not both")
+        files, weights, tuned_prompt = tuned_weights(weights_from)
+        prompt = prompt or tuned_prompt
+    if not files:
+        raise LoracamError("give the LoRAs to wear: --lora FILE (repeatable), or --weights-from tune.json")
+    cfg = StudioConfig(name=name, kind="dressup", subject="garment", loras=files, lora_weights=weights,
                        prompt=prompt, negative=negative, base=base, seeds=seeds, keep=keep, styles=_csv(styles),
                        seed=seed, style_dirs=_paths(style_dir), device=device)
     _start(studio, cfg)

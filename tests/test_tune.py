@@ -261,3 +261,32 @@ def test_identity_judge_tells_the_trained_face_from_another(tmp_path, astronaut,
     same, other = judge.fidelity([crop, hopper])
     assert same > 0.8 and other < 0.5 * same, (same, other)
     assert judge.threshold == 0.75
+
+
+def test_dressup_starts_from_tuned_weights_and_grids_around_them(random_loras, tmp_path):
+    """`studio dressup --weights-from tune.json`: the LoRAs, prompt and (median) weights come from tune; the
+    first row wears them and the weight grid is them -/+0.1."""
+    from PIL import Image
+
+    tuned = {"prompt": "1girl, full body, testdress, myshoes, white background",
+             "loras": [{"name": "testdress-r", "file": str(random_loras / "testdress-r.safetensors")},
+                       {"name": "myshoes-r", "file": str(random_loras / "myshoes-r.safetensors")}],
+             "seeds": [{"ok": True, "weights": {"testdress-r": w, "myshoes-r": v}} for w, v in
+                       ((0.5, 0.3), (0.7, 0.4), (0.6, 0.9))] + [{"ok": False, "weights": {"testdress-r": 1.5,
+                                                                                          "myshoes-r": 1.5}}]}
+    (tmp_path / "tune.json").write_text(json.dumps(tuned))
+    proc = subprocess.run([sys.executable, "-m", "loracam.cli", "studio", "dressup", "--name", "d", "--weights-from",
+                           str(tmp_path / "tune.json"), "--seeds", "2", "--keep", "1", "--studio", str(tmp_path / "s")],
+                          capture_output=True, text=True, timeout=200)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    job = tmp_path / "s" / "d"
+    with Image.open(job / "seeds" / "1000.png") as im:
+        text = im.info["parameters"]
+    assert text.startswith(tuned["prompt"]) and "<lora:testdress-r:0.6> <lora:myshoes-r:0.4>" in text
+    names = sorted(p.name for p in next((job / "weights").glob("*/")).glob("*.png"))
+    weights = {tuple(float(x) for x in n[:-4].split("-")[1:]) for n in names}
+    assert weights == {(a, b) for a in (0.5, 0.6, 0.7) for b in (0.3, 0.4, 0.5)}
+    both = subprocess.run([sys.executable, "-m", "loracam.cli", "studio", "dressup", "--name", "e", "--weights-from",
+                           str(tmp_path / "tune.json"), "--lora", str(random_loras / "style.safetensors"),
+                           "--studio", str(tmp_path / "s")], capture_output=True, text=True)
+    assert both.returncode == 2 and "not both" in both.stderr

@@ -21,6 +21,7 @@ from loracam.errors import LoracamError
 from loracam.io import atomic_write_bytes
 
 GRID_WEIGHTS = (0.6, 0.8, 1.0)
+TUNED_STEP = 0.1  # with weights from `loracam tune`, the grid is theirs -/+ this
 MAX_GRID_LORAS = 3  # X, Y and Z: the guide's grid; more LoRAs keep their first-row weight
 NEAR_BEST = 0.95  # real bases: the lightest weights scoring at least this share of the best
 
@@ -38,6 +39,8 @@ def _loras(run) -> list[dict]:
         meta = read_lora(path).metadata
         trigger = meta.get("loracam_trigger") or path.stem
         weight = float(meta.get("loracam_recommended_weight") or 0.8)
+        if run.cfg.lora_weights:
+            weight = run.cfg.lora_weights[len(out)]
         out.append({"name": path.stem, "path": str(path), "trigger": trigger, "weight": weight,
                     "concept": trigger if trigger in (TESTDRESS, MYSHOES, SKS) else None})
     if not out:
@@ -138,7 +141,8 @@ def weights_step(run) -> dict:
 
     loras = _loras(run)
     picked = json.loads((run.folder / "seeds" / "picked.json").read_text())["picked"]
-    axes = [GRID_WEIGHTS] * min(len(loras), MAX_GRID_LORAS) + [(lo["weight"],) for lo in loras[MAX_GRID_LORAS:]]
+    axes = [_axis(lo) if run.cfg.lora_weights else GRID_WEIGHTS for lo in loras[:MAX_GRID_LORAS]]
+    axes += [(lo["weight"],) for lo in loras[MAX_GRID_LORAS:]]
     combos = list(itertools.product(*axes))
     name = lambda s, w: f"{s}-" + "-".join(f"{x:g}" for x in w) + ".png"  # noqa: E731
     for seed in picked:
@@ -156,6 +160,28 @@ def weights_step(run) -> dict:
 
             atomic_write_bytes(grid_png, png_with_text(grid, {}))
     return {"cells": len(combos) * len(picked)}
+
+
+def _axis(lora: dict) -> tuple[float, ...]:
+    """A tuned weight and its neighbours (never below 0.05: a LoRA at 0 is not worn)."""
+    w = lora["weight"]
+    return tuple(sorted({round(max(0.05, w + d), 2) for d in (-TUNED_STEP, 0.0, TUNED_STEP)}))
+
+
+def tuned_weights(path: Path) -> tuple[tuple[str, ...], tuple[float, ...], str]:
+    """(LoRA files, weights, prompt) from a `loracam tune` result: per LoRA the median of the weights chosen
+    on the seeds where every LoRA showed (all seeds if none did)."""
+    import statistics
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        loras = [lo["file"] for lo in data["loras"]]
+        names = [lo["name"] for lo in data["loras"]]
+        seeds = [s for s in data["seeds"] if s["ok"]] or data["seeds"]
+        weights = tuple(round(statistics.median(s["weights"][n] for s in seeds), 2) for n in names)
+        return tuple(loras), weights, data["prompt"]
+    except (OSError, ValueError, KeyError, TypeError, statistics.StatisticsError) as exc:
+        raise LoracamError(f"{path} is not a tune.json written by `loracam tune` ({exc}); give that file") from None
 
 
 def choose_step(run) -> dict:

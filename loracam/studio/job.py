@@ -57,6 +57,7 @@ class StudioConfig:
     prompt: str | None = None
     negative: str = ""
     seeds: int = 8
+    lora_weights: tuple[float, ...] = ()  # the first row's weights and the grid's centre (from `loracam tune`)
     resolved_styles: tuple[dict, ...] = field(default=())  # filled at creation: the presets' content
 
     def __post_init__(self):
@@ -66,6 +67,8 @@ class StudioConfig:
             raise LoracamError(f"--subject {self.subject!r}: use one of {', '.join(SUBJECTS)}")
         if self.keep < 1 or (self.per_style is not None and self.per_style < 1) or self.batch_size < 1:
             raise LoracamError("--keep, --per-style and --batch-size must be at least 1")
+        if self.lora_weights and len(self.lora_weights) != len(self.loras):
+            raise LoracamError(f"{len(self.lora_weights)} weights for {len(self.loras)} LoRAs: give one weight a LoRA")
         if self.per_style is not None and self.per_style < self.keep:
             raise LoracamError(f"--per-style {self.per_style} is fewer than --keep {self.keep}: the judge "
                                "needs more candidates than it keeps")
