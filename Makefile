@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 # The stamp's name changes when the dependency files change, so an edit reinstalls and nothing else does.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test bench gpu-suite toy-model toy-probe toy-upscaler toy-locator toy-controlnet clean-venv
+.PHONY: setup demo test bench gpu-suite toy-model toy-probe toy-prompts toy-upscaler toy-locator toy-controlnet clean-venv
 
 setup: $(STAMP)
 	@:
@@ -39,6 +39,14 @@ toy-probe: setup
 	$(PY) -m loracam.toy.probe --steps 3000 --pool 20000 -o loracam/toy/probe.safetensors || true
 	$(PY) -m loracam.toy.probe --init loracam/toy/probe.safetensors --steps 2000 --pool 20000 --lr 5e-4 --seed 1
 
+# Teach a freshly built toy base's text encoder partial and shuffled prompts (loracam/toy/prompts.py): 1500
+# steps from the built encoder, then 600 more at a lower rate with named shoes weighted higher (~30 + ~12 min
+# on one thread). Run it once after `make toy-model`: the targets are whatever encoder is shipped when it starts.
+toy-prompts: setup
+	$(PY) -m loracam.toy.prompts --shoes 25 -o build/toy-prompts/stage1.safetensors
+	$(PY) -m loracam.toy.prompts --init build/toy-prompts/stage1.safetensors --steps 600 --embed-steps 0 --lr 3e-4 \
+		--shoes 40 --install
+
 # The toy world's finishing models: a Real-ESRGAN compact x4 (~7 min on 2 cores) and the part locator (~15 min).
 toy-upscaler: setup
 	$(PY) -m loracam.toy.upscaler
@@ -57,7 +65,7 @@ test: setup
 # nga_sweep is left out: a study of ~15 min per variant, run by name (benchmarks/README.md);
 # gpu_suite too: it measures a CUDA GPU (make gpu-suite)
 BENCHES := gen_overhead prep_speed train_throughput grid_batching toy_quality numerics_cost upscale_speed toy_finish \
-	controlnet_overhead toy_controlnet toy_studio
+	controlnet_overhead toy_controlnet toy_studio toy_prompts toy_tune
 
 bench: setup
 	@set -e; for b in $(BENCHES); do echo "== $$b"; $(PY) benchmarks/$$b.py; done
