@@ -102,16 +102,7 @@ class AestheticPredictor:
 
     def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """CLIP's input for ``images``: float [N, 3, size, size], normalised."""
-        out = []
-        for image in images:
-            im = image.convert("RGB")
-            w, h = im.size
-            scale = self.resize / min(w, h)
-            im = im.resize((max(self.resize, round(w * scale)), max(self.resize, round(h * scale))), Image.BICUBIC)
-            left, top = (im.width - self.size) // 2, (im.height - self.size) // 2
-            a = np.asarray(im.crop((left, top, left + self.size, top + self.size)), np.float32) / 255.0
-            out.append((a - self.mean) / self.std)
-        return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+        return clip_pixels(images, self.resize, self.size, self.mean, self.std)
 
     @torch.no_grad()
     def embed(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -127,6 +118,20 @@ class AestheticPredictor:
         if not images:
             return np.zeros(0)
         return self.mlp(self.embed(images)).squeeze(-1).double().numpy()
+
+
+def clip_pixels(images: Sequence[Image.Image], resize: int, size: int, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+    """CLIP's preprocessing: shortest side to ``resize`` (bicubic), centre crop ``size``, normalised; [N, 3, size, size]."""
+    out = []
+    for image in images:
+        im = image.convert("RGB")
+        w, h = im.size
+        scale = resize / min(w, h)
+        im = im.resize((max(resize, round(w * scale)), max(resize, round(h * scale))), Image.BICUBIC)
+        left, top = (im.width - size) // 2, (im.height - size) // 2
+        a = np.asarray(im.crop((left, top, left + size, top + size)), np.float32) / 255.0
+        out.append((a - mean) / std)
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
 
 
 def _vision_config(clip_dir: Path):

@@ -54,16 +54,9 @@ class ClipModel:
 
     def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Shortest side to ``resize``, centre crop ``size``, normalised: CLIP's own preprocessing."""
-        out = []
-        for image in images:
-            im = image.convert("RGB")
-            scale = self.resize / min(im.size)
-            im = im.resize((max(self.resize, round(im.width * scale)), max(self.resize, round(im.height * scale))),
-                           Image.BICUBIC)
-            left, top = (im.width - self.size) // 2, (im.height - self.size) // 2
-            a = np.asarray(im.crop((left, top, left + self.size, top + self.size)), np.float32) / 255.0
-            out.append((a - self.mean) / self.std)
-        return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+        from loracam.judge.aesthetic import clip_pixels
+
+        return clip_pixels(images, self.resize, self.size, self.mean, self.std)
 
     @torch.no_grad()
     def images(self, images: Sequence[Image.Image]) -> np.ndarray:
