@@ -6,15 +6,17 @@
    does): sks (face, 400 steps), testdress (garment crops + full-body reg images, 800), myshoes (shoe crops +
    reg, 800). Kept in --work and reused.
 2. Per seed, the prompt "1girl, FRAMING, sks, testdress, myshoes, white background" with the three LoRAs:
-   - tune: `loracam.tune` with --budget renders a seed (default 18: a third of the guide's 54);
+   - tune: `loracam.tune` with R renders a seed per LoRA (default 6: 18 for three, a third of the guide's 54);
    - grid: the guide by hand, done exhaustively: a 3x3x3 grid at 0.4/0.7/1.0, its best cell, then a finer
      3x3x3 around that cell (+/-0.1), its best cell. "Best" is the rule tune answers with (search.choose):
      of the renders that show every LoRA, the lightest whose prior is within 0.05 of the best there; with
-     none that shows all, the one that shows most.
+     none that shows all, the one that shows most (then the strongest weakest concept, then the lightest).
    Both read by the same judges: the probe's P(concept) (present at 0.5) and the probe's grade of the rest of
-   the prompt (the prior). Per seed and in total: {"renders", "min_fidelity", "weights"}; per seed
-   min_fidelity is the weakest concept's P(concept) at the chosen weights, in total the share of seeds whose
-   chosen render shows all three.
+   the prompt (the prior). Per seed: {"renders", "min_fidelity" (the weakest concept's P at the chosen
+   weights), "weights", "shown"}; in total: "min_fidelity" = the lowest share of seeds in which a concept
+   shows at its chosen weights, "all_shown" = the share of seeds where all do.
+   The same again with testdress and myshoes alone (`two_loras`; 3x3 + 3x3 grids, 12 renders a seed):
+   the toy VAE cannot draw the sks face in a full-body picture (toy_quality's VAE ceiling: 6%).
 3. The guide's claims: how far the chosen weights spread across seeds, and whether a LoRA's threshold falls when
    the others are lighter (each LoRA's threshold found by bisection with the others at 1.0 and at 0.5).
 """
@@ -85,13 +87,13 @@ def train_loras(work: Path, quick: bool) -> Path:
     return out
 
 
-def grid_search(render: Renderer, seed: int) -> tuple[tuple, object, int]:
+def grid_search(render: Renderer, seed: int, n: int) -> tuple[tuple, object, int]:
     """The guide's two grids on one seed: (chosen weights, reading, renders)."""
     def best(items):
         trials = [Trial(w, r, 0, "grid") for (_, w), r in zip(items, render(items))]
         return choose(trials, lambda r: all(r.present), 0.05)
 
-    coarse = [(seed, w) for w in itertools.product(COARSE, repeat=3)]
+    coarse = [(seed, w) for w in itertools.product(COARSE, repeat=n)]
     centre, _ = best(coarse)
     axes = [sorted({round(max(0.0, c + d), 2) for d in (-FINE_STEP, 0.0, FINE_STEP)}) for c in centre]
     fine = [(seed, w) for w in itertools.product(*axes)]
@@ -99,12 +101,12 @@ def grid_search(render: Renderer, seed: int) -> tuple[tuple, object, int]:
     return weights, reading, len(set(coarse + fine))
 
 
-def thresholds(render: Renderer, seeds, others: float, budget: int) -> dict[str, list[float]]:
-    """Per LoRA and seed: the lightest weight at which it shows with the other two fixed at ``others``."""
+def thresholds(render: Renderer, names, seeds, others: float, budget: int) -> dict[str, list[float]]:
+    """Per LoRA and seed: the lightest weight at which it shows with the others fixed at ``others``."""
     out = {}
-    for i, name in enumerate(NAMES):
+    for i, name in enumerate(names):
         def one(items, i=i):
-            full = [(s, tuple(w[0] if j == i else others for j in range(3))) for s, w in items]
+            full = [(s, tuple(w[0] if j == i else others for j in range(len(names)))) for s, w in items]
             got = render(full)
             return [type(r)((r.fidelity[i],), (r.present[i],), r.prior) for r in got]
 
@@ -113,47 +115,36 @@ def thresholds(render: Renderer, seeds, others: float, budget: int) -> dict[str,
     return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=Path("build/toy_tune"))
-    ap.add_argument("--seeds", type=int, default=8)
-    ap.add_argument("--budget", type=int, default=18)
-    ap.add_argument("--framing", default="full body")
-    ap.add_argument("--quick", action="store_true", help="40 training steps, 2 seeds: checks the script")
-    args = ap.parse_args()
-    t0 = time.time()
-    seeds = list(range(1000, 1000 + (2 if args.quick else args.seeds)))
-    loras = train_loras(args.work, args.quick)
-    t_train = time.time() - t0
-    prompt = (f"1girl, {args.framing}, sks, testdress, myshoes, white background "
-              + " ".join(f"<lora:{n}:0.5>" for n in NAMES))
-    models = ModelCache()
-    library = LoraLibrary([loras])
-    cfg = TuneConfig(prompt=prompt, seeds=tuple(seeds), budget=args.budget, neighbourhood=0.0, batch_size=16)
+def run_config(names, seeds, budget: int, framing: str, work: Path, models, library) -> dict:
+    """tune against the guide's grids for the LoRAs ``names`` on ``seeds``; the claims' numbers with them."""
+    n = len(names)
+    prompt = f"1girl, {framing}, {', '.join(names)}, white background " + " ".join(f"<lora:{x}:0.5>" for x in names)
+    cfg = TuneConfig(prompt=prompt, seeds=tuple(seeds), budget=budget, neighbourhood=0.0, batch_size=16)
     stamp = time.strftime("%H%M%S")
     t1 = time.time()
-    res = run_tune(cfg, models, library, args.work / f"tune-{stamp}", echo=print)
+    res = run_tune(cfg, models, library, work / f"tune-{n}-{stamp}", echo=print)
     t_tune = time.time() - t1
 
     # the grid, judged the same way (a second renderer: its renders are counted apart)
-    from loracam.tune import judges as J
     from loracam.judge.rank import Models
+    from loracam.tune import judges as J
 
     ctx = J.Context(Models(), "toy")
     judges = [J.JUDGES["probe"](lo, ctx) for lo in res.loras]
     prior = J.PRIORS["probe"](ctx, J.prior_prompt(res.prompt, res.loras))
     grid_render = Renderer(cfg, models, library, res.prompt, res.loras, judges, [j.threshold for j in judges], prior,
-                           args.work / f"grid-{stamp}")
+                           work / f"grid-{n}-{stamp}")
     t2 = time.time()
     per_seed, tune_all, grid_all = {}, [], []
     for s in res.seeds:
-        gw, gr, gn = grid_search(grid_render, s.seed)
+        gw, gr, gn = grid_search(grid_render, s.seed, n)
         per_seed[str(s.seed)] = {
             "tune": {"renders": s.renders, "min_fidelity": round(s.reading.min_fidelity, 4),
-                     "weights": dict(zip(NAMES, s.weights)), "shown": list(s.reading.present),
-                     "prior": s.reading.prior},
-            "grid": {"renders": gn, "min_fidelity": round(gr.min_fidelity, 4), "weights": dict(zip(NAMES, gw)),
-                     "shown": list(gr.present), "prior": gr.prior},
+                     "weights": dict(zip(names, s.weights)), "shown": list(s.reading.present),
+                     "fidelity": list(s.reading.fidelity), "prior": s.reading.prior,
+                     "not_reached": [names[i] for i in s.unreached]},
+            "grid": {"renders": gn, "min_fidelity": round(gr.min_fidelity, 4), "weights": dict(zip(names, gw)),
+                     "shown": list(gr.present), "fidelity": list(gr.fidelity), "prior": gr.prior},
         }
         tune_all.append(s.reading)
         grid_all.append(gr)
@@ -162,37 +153,55 @@ def main() -> int:
     t_grid = time.time() - t2
 
     def total(readings, renders) -> dict:
-        shares = [sum(r.present[i] for r in readings) / len(readings) for i in range(3)]
+        shares = [sum(r.present[i] for r in readings) / len(readings) for i in range(n)]
         return {"renders": renders, "min_fidelity": round(min(shares), 4),
                 "all_shown": round(sum(all(r.present) for r in readings) / len(readings), 4),
-                "shown_share": dict(zip(NAMES, (round(x, 4) for x in shares))),
+                "shown_share": dict(zip(names, (round(x, 4) for x in shares))),
                 "prior": round(statistics.mean(r.prior for r in readings if r.prior is not None), 4)}
 
     tune_total = total(tune_all, sum(s.renders for s in res.seeds))
     grid_total = total(grid_all, sum(v["grid"]["renders"] for v in per_seed.values()))
-    spread = {n: {"min": min(s.weights[i] for s in res.seeds), "max": max(s.weights[i] for s in res.seeds),
-                  "stdev": round(statistics.pstdev(s.weights[i] for s in res.seeds), 4)} for i, n in enumerate(NAMES)}
+    spread = {x: {"min": min(s.weights[i] for s in res.seeds), "max": max(s.weights[i] for s in res.seeds),
+                  "stdev": round(statistics.pstdev(s.weights[i] for s in res.seeds), 4)} for i, x in enumerate(names)}
     t3 = time.time()
-    heavy = thresholds(grid_render, seeds, 1.0, 10)
-    light = thresholds(grid_render, seeds, 0.5, 10)
+    heavy = thresholds(grid_render, names, seeds, 1.0, 10)
+    light = thresholds(grid_render, names, seeds, 0.5, 10)
     t_rel = time.time() - t3
-    relative = {n: {"others_1.0": heavy[n], "others_0.5": light[n],
-                    "lower_with_lighter_others": sum(1 for a, b in zip(heavy[n], light[n])
-                                                     if a is not None and b is not None and b < a),
-                    "higher_with_lighter_others": sum(1 for a, b in zip(heavy[n], light[n])
-                                                      if a is not None and b is not None and b > a),
-                    "compared": sum(1 for a, b in zip(heavy[n], light[n]) if a is not None and b is not None)}
-                for n in NAMES}
-    out = {
-        "prompt": prompt, "framing": args.framing, "budget_per_seed": args.budget, "seeds": seeds,
-        "per_seed": per_seed, "total": {"tune": tune_total, "grid": grid_total},
-        "bar": {"tune_min_fidelity_at_least_grid": tune_total["min_fidelity"] >= grid_total["min_fidelity"],
-                "tune_renders_at_most_a_third": tune_total["renders"] * 3 <= grid_total["renders"]},
-        "weight_spread_across_seeds": spread, "relative_weights": relative,
-        "seconds": {"train": round(t_train), "tune": round(t_tune), "grid": round(t_grid), "relative": round(t_rel)},
-        "quick": args.quick,
-    }
-    print(json.dumps(out["total"], indent=1))
+
+    def pairs(x):
+        return [(a, b) for a, b in zip(heavy[x], light[x]) if a is not None and b is not None]
+
+    relative = {x: {"others_1.0": heavy[x], "others_0.5": light[x], "compared": len(pairs(x)),
+                    "lower_with_lighter_others": sum(b < a for a, b in pairs(x)),
+                    "higher_with_lighter_others": sum(b > a for a, b in pairs(x))} for x in names}
+    return {"prompt": prompt, "budget_per_seed": budget, "per_seed": per_seed,
+            "total": {"tune": tune_total, "grid": grid_total},
+            "bar": {"tune_min_fidelity_at_least_grid": tune_total["min_fidelity"] >= grid_total["min_fidelity"],
+                    "tune_renders_at_most_a_third": tune_total["renders"] * 3 <= grid_total["renders"]},
+            "weight_spread_across_seeds": spread, "relative_weights": relative,
+            "seconds": {"tune": round(t_tune), "grid": round(t_grid), "relative": round(t_rel)}}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("build/toy_tune"))
+    ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--budget", type=int, default=6, help="renders a seed per LoRA (default 6: 18 for three)")
+    ap.add_argument("--framing", default="full body")
+    ap.add_argument("--quick", action="store_true", help="40 training steps, 2 seeds: checks the script")
+    args = ap.parse_args()
+    t0 = time.time()
+    seeds = list(range(1000, 1000 + (2 if args.quick else args.seeds)))
+    loras = train_loras(args.work, args.quick)
+    t_train = time.time() - t0
+    models = ModelCache()
+    library = LoraLibrary([loras])
+    three = run_config(NAMES, seeds, 3 * args.budget, args.framing, args.work, models, library)
+    # the two LoRAs whose concepts the toy world can show in one full-body picture (see benchmarks/README.md)
+    two = run_config(NAMES[1:], seeds, 2 * args.budget, args.framing, args.work, models, library)
+    out = {"framing": args.framing, "seeds": seeds, **three, "two_loras": two,
+           "train_seconds": round(t_train), "quick": args.quick}
+    print(json.dumps({"three": three["total"], "two": two["total"]}, indent=1))
     if not args.quick:
         write_result("toy_tune", out)
     return 0

@@ -36,9 +36,10 @@ def report_lines(res) -> list[str]:
         lines.append(f"seed {s.seed}: {weights} ({s.renders} renders; fidelity "
                      + " ".join(f"{f:.2f}" for f in s.reading.fidelity) + prior + ")")
         for i in s.unreached:
-            lines.append(f"  {names[i]}: not reached at weight {s.trials and max(t.weights[i] for t in s.trials):g} "
-                         f"(its {res.judges[i]} judge never saw it: check the trigger word is in the prompt, or its "
-                         "threshold)")
+            tried = sorted({t.weights[i] for t in s.trials})
+            lines.append(f"  {names[i]}: not reached at weight {tried[-1]:g} (nor at the {len(tried) - 1} lighter weights "
+                         f"tried, down to {tried[0]:g}); its {res.judges[i]} judge never saw it with the others shown: "
+                         "check its trigger word is in the prompt, its threshold, or tune it alone")
         if not s.ok:
             lines.append("  no render showed every LoRA; the closest one is given")
         lines.append(f"  {res.chosen_prompt(s)}")
@@ -98,6 +99,9 @@ def search_picture(res, path: Path) -> Path:
                 colour = OK if t.reading.present[j] else MISS
                 ring = "black" if id(t) in working and j not in s.unreached else colour
                 d.ellipse((px - 4, py - 4, px + 4, py + 4), fill=colour, outline=ring, width=2)
-            d.text((x0, y1 + 4), f"0 .. {wmax:g}", fill="black")
+            d.text((x0 - 9, y0 - 4), "1", fill="black")
+            d.text((x0 - 9, y1 - 8), "0", fill="black")
+            d.text((x1 + 2, ty - 6), f"{res.thresholds[j]:g}", fill=LINE)
+            d.text((x0, y1 + 4), f"weight 0 .. {wmax:g}", fill="black")
             d.text((x1 - 60, y1 + 4), f"chose {s.weights[j]:g}", fill=CHOSEN)
     return atomic_write_bytes(path, png_with_text(im, {}))

@@ -6,7 +6,12 @@ the concept stops showing. A threshold is found by bisection, and the LoRAs' bis
 
 - start: every LoRA at ``start`` (1.0). A concept missing there is tried at ``ceiling`` (1.5), and, in the
   same round, with each LoRA that does show halved (a heavy face LoRA can paint over a dress: "weights are
-  relative"). Missing in all of them: "not reached at weight 1.5", said, never a silent maximum.
+  relative") and with all of them at 0.7 and 0.4 (several LoRAs at 1.0 can spoil each other). Still missing
+  in the best of those: one round that makes room for it (it at 1.0 or 0.7, the others at 0.4 or 0.7), as
+  far as the budget leaves a search after it. Missing in all of them: "not reached at weight 1.5", said,
+  never a silent maximum.
+- scale: all LoRAs together, by bisection on one factor, to the lightest that still shows what the best
+  render showed.
 - rounds: from the current point (verified: it showed every concept), each LoRA still converging moves to the
   middle of its interval [known bad, current], all in one batch. A move that still shows every concept lowers
   that LoRA's top; one that loses any raises its bottom. Several moves that worked combine into the next
@@ -21,6 +26,7 @@ the answer is always a render that was seen to work, never an interpolation.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -45,8 +51,8 @@ class SearchConfig:
 
 
 def min_budget(n_loras: int) -> int:
-    """The fewest renders a seed needs: the start, a rescue round (n renders) and two rounds more."""
-    return n_loras + 3
+    """The fewest renders a seed needs: the start, a rescue round (n + 2 renders) and two rounds more."""
+    return n_loras + 5
 
 
 def check_budget(budget: int, n_loras: int) -> None:
@@ -54,7 +60,7 @@ def check_budget(budget: int, n_loras: int) -> None:
     if budget < need:
         raise LoracamError(f"a budget of {budget} renders a seed is too small for {n_loras} LoRA"
                            f"{'s' if n_loras != 1 else ''}: give --budget {need} or more (the start, a round that "
-                           f"tries each LoRA heavier or lighter, and two rounds of search); 6 per LoRA is a good "
+                           f"tries each LoRA heavier or lighter and all lighter, and two rounds of search); 6 per LoRA is a good "
                            f"search")
 
 
@@ -102,6 +108,9 @@ def _snap(w: float, cfg: SearchConfig) -> float:
     return round(round(w / cfg.precision) * cfg.precision, 6)
 
 
+RESCUE_SCALES = (0.7, 0.4)  # the guide's grid values below 1.0
+EXPLORE_MISSING = (1.0, 0.7)  # making room for a missing concept: it heavier ...
+EXPLORE_SHOWN = (0.4, 0.7)  # ... the shown ones lighter (factors of ``start``)
 DIAGONAL_STEP = 1 / 16  # the scale search stops at this resolution when per-LoRA moves follow
 
 
@@ -140,6 +149,8 @@ class _Seed:
             return [("start", self.point)]
         if self.phase == "rescue":
             return self._rescue()
+        if self.phase == "explore":
+            return self._explore(self._best_seen()[1])
         if self.phase == "scale":
             return [("scale", self._scaled(sum(self.scale) / 2))]
         if self.phase == "done":
@@ -156,12 +167,16 @@ class _Seed:
         return props + moves
 
     def _rescue(self) -> list[tuple[str, tuple[float, ...]]]:
+        """After a start that lost a concept: the missing ones heavier, each shown one halved (a heavy LoRA can
+        paint over another's concept), and everything lighter (several LoRAs at 1.0 can cook each other's)."""
         missing = [i for i, p in enumerate(self.trials[-1].reading.present) if not p]
         shown = [i for i in range(self.n) if i not in missing]
         heavier = tuple(self.cfg.ceiling if i in missing else w for i, w in enumerate(self.point))
         out = [("ceiling", heavier)]
-        for i in shown:  # another LoRA at half weight may leave room for the missing concept
+        for i in shown:
             out.append((f"lighter:{i}", tuple(_snap(w / 2, self.cfg) if j == i else w for j, w in enumerate(self.point))))
+        for f in RESCUE_SCALES:
+            out.append((f"scaled:{f:g}", tuple(max(self.cfg.floor, _snap(w * f, self.cfg)) for w in self.point)))
         return out
 
     def _scaled(self, factor: float) -> tuple[float, ...]:
@@ -195,7 +210,8 @@ class _Seed:
 
     def absorb(self, got: list[tuple[str, tuple[float, ...], Reading]], round_no: int) -> None:
         self.trials += [Trial(w, r, round_no, k) for k, w, r in got]
-        {"start": self._after_start, "rescue": self._after_rescue, "scale": self._after_scale,
+        {"start": self._after_start, "rescue": self._after_rescue, "explore": self._after_explore,
+         "scale": self._after_scale,
          "moves": self._after_round}[self.phase](got)
 
     def _verified_at(self, point: tuple[float, ...], next_phase: str) -> None:
@@ -211,20 +227,40 @@ class _Seed:
         else:
             self.phase = "rescue"
 
+    def _best_seen(self) -> tuple[tuple[float, ...], Reading]:
+        """The render that showed the most concepts, then the lightest."""
+        t = max(self.trials, key=lambda t: (sum(t.reading.present), -sum(t.weights), t.weights))
+        return t.weights, t.reading
+
     def _after_rescue(self, got) -> None:
-        working = [(k, w) for k, w, r in got if self.ok(r)]
-        if working:  # the lightest of those that showed everything
-            self._verified_at(min(working, key=lambda t: (sum(t[1]), t[0]))[1], "scale")
+        """Search on from the render that showed the most concepts (then the lightest); with some missing, first
+        one round that makes room for them (the missing heavier, the others lighter), if the budget allows."""
+        point, reading = self._best_seen()
+        if not all(reading.present) and self._explore(reading):
+            self.phase = "explore"
             return
-        # what the ceiling did not bring out is not reached; search the rest from the ceiling point
-        _, point, reading = got[0]
+        self._anchor_on_best()
+
+    def _explore(self, reading: Reading) -> list[tuple[str, tuple[float, ...]]]:
+        missing = [i for i, p in enumerate(reading.present) if not p]
+        tried = {t.weights for t in self.trials}
+        levels = [EXPLORE_MISSING if i in missing else EXPLORE_SHOWN for i in range(self.n)]
+        combos = [tuple(_snap(self.cfg.start * f, self.cfg) for f in c) for c in itertools.product(*levels)]
+        combos = [c for c in dict.fromkeys(combos) if c not in tried]
+        room = self.cfg.budget - len(tried) - (self.n + 1)  # leave a search round after it
+        return [("explore", c) for c in combos[:max(0, room)]]
+
+    def _after_explore(self, got) -> None:
+        self._anchor_on_best()
+
+    def _anchor_on_best(self) -> None:
+        """What the best render does not show was not seen with the rest at any weight tried: reported, and
+        left where it is."""
+        point, reading = self._best_seen()
         self.unreached |= {i for i, p in enumerate(reading.present) if not p}
         for i in self.unreached:
-            self.lo[i] = point[i]  # frozen at the ceiling, said in the result
-        if self.ok(reading):
-            self._verified_at(point, "scale")
-        else:  # raising one lost another: nothing verified to search from
-            self.point, self.phase = point, "done"
+            self.lo[i] = point[i]  # frozen, said in the result
+        self._verified_at(point, "scale")
 
     def _after_scale(self, got) -> None:
         kind, w, r = got[0]
