@@ -27,7 +27,7 @@ def pairs(values: list[str] | None, flag: str, cast=str) -> tuple[tuple[str, obj
 
 @user_errors
 def tune(
-    prompt: str = typer.Argument(..., help='The prompt with its LoRAs: "1girl, full body <lora:face:0.7> <lora:dress:0.4>".'),
+    prompt: str = typer.Argument(..., help='The prompt with its LoRAs: "1girl, full body <lora:face:0.7> <lora:testdress:0.4>".'),
     output: Path = typer.Option(..., "-o", "--output", help="A new folder for the renders, grids and tune.json."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Tune on N random seeds (default 3)."),
     seed: Optional[List[int]] = typer.Option(None, "--seed", help="Tune on this seed (repeat for several)."),
