@@ -8,11 +8,12 @@ the concept stops showing. A threshold is found by bisection, and the LoRAs' bis
   same round, with each LoRA that does show halved (a heavy face LoRA can paint over a dress: "weights are
   relative") and with all of them at 0.7 and 0.4 (several LoRAs at 1.0 can spoil each other). Still missing
   in the best of those: one round that makes room for it (it at 1.0 or 0.7, the others at 0.4 or 0.7), as
-  far as the budget leaves a search after it. Missing in all of them: "not reached at weight 1.5", said,
-  never a silent maximum.
+  far as the budget leaves a search after it. What the best of all those renders lacks is "not reached at
+  weight 1.5" (with every weight tried), said and left where it is, never a silent maximum; the search goes
+  on for the rest.
 - scale: all LoRAs together, by bisection on one factor, to the lightest that still shows what the best
   render showed.
-- rounds: from the current point (verified: it showed every concept), each LoRA still converging moves to the
+- rounds: from the current point (verified: it showed every reachable concept), each LoRA still converging moves to the
   middle of its interval [known bad, current], all in one batch. A move that still shows every concept lowers
   that LoRA's top; one that loses any raises its bottom. Several moves that worked combine into the next
   point, which is rendered with the next round's moves (it is verified there; if it fails, the search goes
@@ -20,8 +21,9 @@ the concept stops showing. A threshold is found by bisection, and the LoRAs' bis
 - the answer: among every render that showed all concepts, the lightest (sum of weights) whose prior (how
   well the rest of the prompt is followed) is within ``prior_tolerance`` of the best prior seen there.
 
-Bisection assumes a concept shows at all weights above its threshold; the judged renders are all kept, so
-the answer is always a render that was seen to work, never an interpolation.
+Bisection assumes a concept shows at all weights above its threshold (the toy LoRAs break that: myshoes read
+at 0.7 and lost at 1.0, benchmarks/README.md toy_tune); the judged renders are all kept, so the answer is
+always a render that was seen to work, never an interpolation.
 """
 
 from __future__ import annotations
