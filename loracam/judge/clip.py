@@ -1,6 +1,6 @@
 """A CLIP model from the user's disk, for image-to-image and text-to-image similarity.
 
-``load_clip(spec)``: ``spec`` is a folder saved with ``save_pretrained`` (a whole CLIPModel: both towers) or a
+``ClipModel(spec)``: ``spec`` is a folder saved with ``save_pretrained`` (a whole CLIPModel: both towers) or a
 hub id already in the local hub cache (``openai/clip-vit-large-patch14``); nothing is downloaded
 (``local_files_only``). Images go through the folder's own preprocessing (aesthetic.py's reading of
 preprocessor_config.json); texts through its tokenizer, cut at its context length.
@@ -44,13 +44,8 @@ class ClipModel:
                                "tokenizer files), or download one yourself, e.g. `huggingface-cli download "
                                "openai/clip-vit-large-patch14`; loracam never downloads") from None
         self.name = spec
-        if local:
-            self.resize, self.size, self.mean, self.std = _preprocessing(path, int(self.model.config.vision_config.image_size))
-        else:
-            from loracam.judge.aesthetic import CLIP_MEAN, CLIP_STD
-
-            s = int(self.model.config.vision_config.image_size)
-            self.resize, self.size, self.mean, self.std = s, s, np.asarray(CLIP_MEAN, np.float32), np.asarray(CLIP_STD, np.float32)
+        # a folder's preprocessor_config.json, else (a hub id, or a folder without one) CLIP's own defaults
+        self.resize, self.size, self.mean, self.std = _preprocessing(path, int(self.model.config.vision_config.image_size))
 
     def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Shortest side to ``resize``, centre crop ``size``, normalised: CLIP's own preprocessing."""

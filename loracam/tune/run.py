@@ -69,7 +69,19 @@ class TuneResult:
     files: dict = field(default_factory=dict)
 
     def chosen_prompt(self, seed: SeedResult) -> str:
-        return self.prompt + "".join(f" <lora:{lo.name}:{w:g}>" for lo, w in zip(self.loras, seed.weights))
+        return with_loras(self.prompt, lora_refs(self.loras, seed.weights))
+
+
+def lora_refs(loras, weights) -> tuple:
+    """The LoRAs at ``weights`` (text encoder and U-Net alike), as a prompt's tags name them."""
+    from loracam.prompts import LoraRef
+
+    return tuple(LoraRef(lo.name, w, w) for lo, w in zip(loras, weights))
+
+
+def with_loras(prompt: str, refs) -> str:
+    """``prompt`` with the LoRAs' tags appended, as A1111 writes them."""
+    return prompt + "".join(" " + r.tag() for r in refs)
 
 
 def _parse(cfg: TuneConfig, library) -> tuple[str, list[J.LoraInfo]]:
@@ -118,7 +130,7 @@ def _seeds(cfg: TuneConfig) -> list[int]:
 
 class Renderer:
     """Renders (seed, weights) items in batches, saves each with its infotext, and reads them with the judges;
-    an item rendered before in this run is read from its file."""
+    an item rendered before in this run is not rendered again (its reading is kept)."""
 
     def __init__(self, cfg: TuneConfig, models, library, prompt: str, loras, judges, thresholds, prior, folder: Path):
         from loracam.generate import GenRequest
@@ -140,20 +152,17 @@ class Renderer:
     def path(self, seed: int, weights: tuple[float, ...]) -> Path:
         return self.folder / f"seed-{seed}" / ("-".join(f"{w:.2f}" for w in weights) + ".png")
 
-    def text(self, weights) -> str:
-        return self.prompt + "".join(f" <lora:{lo.name}:{w:g}>" for lo, w in zip(self.loras, weights))
-
     def __call__(self, items) -> list[Reading]:
         from loracam.generate.api import render_samples
         from loracam.generate.images import png_bytes
         from loracam.generate.request import Sample
-        from loracam.prompts import extract_networks
 
         todo = list(dict.fromkeys(it for it in items if it not in self.readings))
         for start in range(0, len(todo), self.cfg.batch_size):
             batch = todo[start:start + self.cfg.batch_size]
-            samples = [Sample(self.text(w), self.req.negative, s, self.req.cfg, tuple(extract_networks(self.text(w))[1]))
-                       for s, w in batch]
+            refs = [lora_refs(self.loras, w) for _, w in batch]
+            samples = [Sample(with_loras(self.prompt, r), self.req.negative, s, self.req.cfg, r)
+                       for (s, _), r in zip(batch, refs)]
             rendered = render_samples(self.model, self.shared, samples, self.library)
             for (s, w), r in zip(batch, rendered):
                 p = self.path(s, w)

@@ -84,7 +84,7 @@ class Trial:
     weights: tuple[float, ...]
     reading: Reading
     round: int
-    kind: str  # "start", "ceiling", "lighter:NAME-INDEX", "move:I", "combined"
+    kind: str  # start, ceiling, lighter:I, scaled:F, explore, scale, move:I, combined (see the module docstring)
 
 
 @dataclass
@@ -93,7 +93,7 @@ class SeedResult:
     weights: tuple[float, ...]  # the answer
     reading: Reading
     trials: list[Trial]
-    unreached: tuple[int, ...]  # LoRAs whose concept showed at no weight tried (up to the ceiling)
+    unreached: tuple[int, ...]  # LoRAs whose concept the best render of the start and rescue rounds lacked
     ok: bool  # the answer shows every reachable concept
 
     @property
@@ -237,7 +237,7 @@ class _Seed:
     def _after_rescue(self, got) -> None:
         """Search on from the render that showed the most concepts (then the lightest); with some missing, first
         one round that makes room for them (the missing heavier, the others lighter), if the budget allows."""
-        point, reading = self._best_seen()
+        _, reading = self._best_seen()
         if not all(reading.present) and self._explore(reading):
             self.phase = "explore"
             return
