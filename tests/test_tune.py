@@ -71,6 +71,17 @@ def test_loras_that_cook_each_other_at_the_start_are_found_lighter():
     assert sum(r.weights) <= 0.3 + 0.5 + 0.2 + 0.3, r.weights
 
 
+def test_a_concept_that_needs_its_lora_heavy_and_the_others_light_is_found():
+    """The toy dress LoRA (benchmarks/toy_tune.py, seed 1002): the dress shows only above 1.0 and only while the
+    shoes LoRA stays at or below 0.5; no start, rescue or 0.7/1.0 round render has both. The explore round's
+    first render (it at the ceiling, the others at 0.4) finds it, and the search lowers it from there."""
+    ev = judged(lambda w: [w[0] >= 1.05 and w[1] <= 0.5, w[1] >= 0.3])
+    (r,) = search([5], 2, ev, SearchConfig(budget=12))
+    assert r.ok and r.unreached == () and all(r.reading.present)
+    assert 1.05 <= r.weights[0] <= 1.5 and 0.3 <= r.weights[1] <= 0.5, r.weights
+    assert any(t.kind == "explore" and t.weights == (1.5, 0.4) for t in r.trials)
+
+
 def test_a_judge_that_never_fires_is_reported_not_reached_at_the_ceiling():
     ev = judged(lambda w: [w[0] >= 0.45, False])
     (r,) = search([3], 2, ev, SearchConfig(budget=12))

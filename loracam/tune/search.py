@@ -7,8 +7,8 @@ the concept stops showing. A threshold is found by bisection, and the LoRAs' bis
 - start: every LoRA at ``start`` (1.0). A concept missing there is tried at ``ceiling`` (1.5), and, in the
   same round, with each LoRA that does show halved (a heavy face LoRA can paint over a dress: "weights are
   relative") and with all of them at 0.7 and 0.4 (several LoRAs at 1.0 can spoil each other). Still missing
-  in the best of those: one round that makes room for it (it at 1.0 or 0.7, the others at 0.4 or 0.7), as
-  far as the budget leaves a search after it. What the best of all those renders lacks is "not reached at
+  in the best of those: one round that makes room for it (first it at 1.5 with every other LoRA at 0.4, then
+  it at 1.0 or 0.7 with the others at 0.4 or 0.7), as far as the budget leaves a search after it. What the best of all those renders lacks is "not reached at
   weight 1.5" (with every weight tried), said and left where it is, never a silent maximum; the search goes
   on for the rest.
 - scale: all LoRAs together, by bisection on one factor, to the lightest that still shows what the best
@@ -246,8 +246,12 @@ class _Seed:
     def _explore(self, reading: Reading) -> list[tuple[str, tuple[float, ...]]]:
         missing = [i for i, p in enumerate(reading.present) if not p]
         tried = {t.weights for t in self.trials}
+        # first each missing LoRA at the ceiling with every other one at the lightest level: whether its concept
+        # can show at all beside the others (in the toy world a dress LoRA at 1.1 needs the shoes at 0.5)
+        light = _snap(self.cfg.start * EXPLORE_SHOWN[0], self.cfg)
+        solo = [tuple(self.cfg.ceiling if j == i else light for j in range(self.n)) for i in missing] if self.n > 1 else []
         levels = [EXPLORE_MISSING if i in missing else EXPLORE_SHOWN for i in range(self.n)]
-        combos = [tuple(_snap(self.cfg.start * f, self.cfg) for f in c) for c in itertools.product(*levels)]
+        combos = solo + [tuple(_snap(self.cfg.start * f, self.cfg) for f in c) for c in itertools.product(*levels)]
         combos = [c for c in dict.fromkeys(combos) if c not in tried]
         room = self.cfg.budget - len(tried) - (self.n + 1)  # leave a search round after it
         return [("explore", c) for c in combos[:max(0, room)]]
