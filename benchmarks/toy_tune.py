@@ -6,7 +6,7 @@
    does): sks (face, 400 steps), testdress (garment crops + full-body reg images, 800), myshoes (shoe crops +
    reg, 800). Kept in --work and reused.
 2. Per seed, the prompt "1girl, FRAMING, sks, testdress, myshoes, white background" with the three LoRAs:
-   - tune: `loracam.tune` with R renders a seed per LoRA (default 6: 18 for three, a third of the guide's 54);
+   - tune: `loracam.tune` with 17 renders a seed (--budget-three: a third of the guide's two grids, 53 renders);
    - grid: the guide by hand, done exhaustively: a 3x3x3 grid at 0.4/0.7/1.0, its best cell, then a finer
      3x3x3 around that cell (+/-0.1), its best cell. "Best" is the rule tune answers with (search.choose):
      of the renders that show every LoRA, the lightest whose prior is within 0.05 of the best there; with
@@ -186,7 +186,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("build/toy_tune"))
     ap.add_argument("--seeds", type=int, default=8)
-    ap.add_argument("--budget", type=int, default=6, help="renders a seed per LoRA (default 6: 18 for three)")
+    ap.add_argument("--budget", type=int, default=6, help="renders a seed per LoRA with two LoRAs (default 6: 12)")
+    ap.add_argument("--budget-three", type=int, default=17,
+                    help="renders a seed with three LoRAs (default 17: a third of the guide's two grids, 53 renders)")
     ap.add_argument("--framing", default="full body")
     ap.add_argument("--quick", action="store_true", help="40 training steps, 2 seeds: checks the script")
     args = ap.parse_args()
@@ -196,7 +198,7 @@ def main() -> int:
     t_train = time.time() - t0
     models = ModelCache()
     library = LoraLibrary([loras])
-    three = run_config(NAMES, seeds, 3 * args.budget, args.framing, args.work, models, library)
+    three = run_config(NAMES, seeds, args.budget_three, args.framing, args.work, models, library)
     # the two LoRAs whose concepts the toy world can show in one full-body picture (see benchmarks/README.md)
     two = run_config(NAMES[1:], seeds, 2 * args.budget, args.framing, args.work, models, library)
     out = {"framing": args.framing, "seeds": seeds, **three, "two_loras": two,
