@@ -13,6 +13,7 @@ from loracam.cli_util import user_errors
 studio_app = typer.Typer(help="The studio: photos in, a gallery of the best portraits out, as one resumable job.",
                          no_args_is_help=True)
 STUDIO_HELP = "The studio folder: its job store (jobs.sqlite) and one folder per job."
+QUEUE_HELP = "Only record the job in the studio's queue: the worker (`loracam studio worker`, or the web UI's) runs it."
 
 
 def _store(studio: Path):
@@ -52,6 +53,7 @@ def run(
     controlnet_dir: Optional[List[Path]] = typer.Option(None, "--controlnet-dir"),
     device: str = typer.Option("auto", "--device"),
     studio: Path = typer.Option(Path("studio"), "--studio", help=STUDIO_HELP),
+    queue: bool = typer.Option(False, "--queue", help=QUEUE_HELP),
 ):
     """Photos -> prep -> train -> candidates per style -> judge -> upscale -> gallery, as one resumable job."""
     from loracam.studio.job import StudioConfig
@@ -61,15 +63,19 @@ def run(
                        train_steps=train_steps, seed=seed, lora_weight=lora_weight, batch_size=batch_size, style_dirs=_paths(style_dir),
                        lora_dirs=_paths(lora_dir), upscaler_dirs=_paths(upscaler_dir),
                        controlnet_dirs=_paths(controlnet_dir), device=device)
-    _start(studio, cfg)
+    _start(studio, cfg, queue)
 
 
-def _start(studio: Path, cfg) -> None:
+def _start(studio: Path, cfg, queue: bool = False) -> None:
     """Record the job, then run it; a job stopped on the way is continued by `loracam studio resume`."""
     from loracam.studio.job import create_job, run_job
 
     store = _store(studio)
     create_job(store, cfg, echo=typer.echo)
+    if queue:
+        store.enqueue(cfg.name)
+        typer.echo(f"queued {cfg.name!r}; `loracam studio status {cfg.name} --studio {studio}` follows it")
+        return
     folder = run_job(store, cfg.name, echo=typer.echo)
     typer.echo(f"done: open {folder / 'gallery' / 'index.html'}")
 
@@ -92,6 +98,7 @@ def dressup(
     style_dir: Optional[List[Path]] = typer.Option(None, "--style-dir"),
     device: str = typer.Option("auto", "--device"),
     studio: Path = typer.Option(Path("studio"), "--studio", help=STUDIO_HELP),
+    queue: bool = typer.Option(False, "--queue", help=QUEUE_HELP),
 ):
     """The NGA guide's workflow as a job: a seed row, compositions picked by the judge, a LoRA weight grid on
     the picked seeds, the smallest weights that work, finished, in a gallery."""
@@ -110,7 +117,7 @@ def dressup(
     cfg = StudioConfig(name=name, kind="dressup", subject="garment", loras=files, lora_weights=weights,
                        prompt=prompt, negative=negative, base=base, seeds=seeds, keep=keep, styles=_csv(styles),
                        seed=seed, style_dirs=_paths(style_dir), device=device)
-    _start(studio, cfg)
+    _start(studio, cfg, queue)
 
 
 @studio_app.command("resume")
@@ -164,6 +171,19 @@ def status(name: str = typer.Argument(...), studio: Path = typer.Option(Path("st
 def cancel(name: str = typer.Argument(...), studio: Path = typer.Option(Path("studio"), "--studio", help=STUDIO_HELP)):
     """Stop a job at its next step boundary (or mark a stopped one cancelled); resume continues it."""
     typer.echo(_store(studio).cancel(name))
+
+
+@studio_app.command("worker")
+@user_errors
+def worker(studio: Path = typer.Option(Path("studio"), "--studio", help=STUDIO_HELP),
+           idle_exit: Optional[float] = typer.Option(None, "--idle-exit", help="Exit after this many seconds with "
+                                                     "nothing queued (default: run until stopped)."),
+           poll: float = typer.Option(1.0, "--poll", help="Seconds between looks at the queue.")):
+    """Run the jobs queued in the studio (by the web UI or `studio run --queue`), one at a time, until stopped.
+    One worker a studio folder; a job whose worker was killed is resumed by the next one."""
+    from loracam.studio.worker import serve
+
+    serve(studio, echo=lambda s: typer.echo(s), poll=poll, idle_exit=idle_exit)
 
 
 @studio_app.command("styles")

@@ -41,13 +41,14 @@ CREATE TABLE IF NOT EXISTS steps (
 CREATE TABLE IF NOT EXISTS artefacts (
     job TEXT NOT NULL, step TEXT NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL, created REAL NOT NULL,
     PRIMARY KEY (job, path));
+CREATE TABLE IF NOT EXISTS queue (job TEXT PRIMARY KEY, submitted REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, job TEXT NOT NULL, time REAL NOT NULL, kind TEXT NOT NULL,
     message TEXT NOT NULL);
 """
 
-# A job's status: what `studio list` shows and what `resume` accepts.
-STATUSES = ("new", "running", "stopped", "failed", "cancelled", "done")
+# A job's status: what `studio list` shows and what `resume` accepts ("queued": waiting for the worker).
+STATUSES = ("new", "queued", "running", "stopped", "failed", "cancelled", "done")
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,42 @@ class JobStore:
         running = job.owner and job.lease_until and job.lease_until > time.time() and _owner_alive(job.owner)
         return (f"job {name!r} cancelled; its process ({job.owner}) stops at its next step boundary" if running
                 else f"job {name!r} cancelled")
+
+    # -- the queue (what the worker runs: loracam/studio/worker.py) ---------------------------------
+
+    def enqueue(self, name: str) -> None:
+        """Put a job in the worker's queue (a new one, or a stopped or cancelled one to resume)."""
+        job = self.job(name)
+        if job.status == "done":
+            raise LoracamError(f"job {name!r} is already done; nothing to run")
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO queue VALUES (?, ?)", (name, time.time()))
+            if job.status != "running":
+                db.execute("UPDATE jobs SET status='queued', message=NULL, updated=? WHERE name=?", (time.time(), name))
+        self.event(name, "queued", "waiting for the worker")
+
+    def dequeue(self, name: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM queue WHERE job=?", (name,))
+
+    def queued(self) -> list[str]:
+        """The queue in order: jobs submitted and not yet finished, cancelled or stopped by an error."""
+        return [r[0] for r in self.db.execute("SELECT job FROM queue ORDER BY submitted")]
+
+    def next_queued(self) -> str | None:
+        """The first queued job no live process runs (a killed worker's job comes first: it was submitted
+        earlier); cancelled or done ones leave the queue here."""
+        now = time.time()
+        for name in self.queued():
+            job = self.job(name)
+            if job.status in ("done", "cancelled"):
+                self.dequeue(name)
+                continue
+            if job.status == "running" and job.owner and job.lease_until and job.lease_until > now \
+                    and _owner_alive(job.owner) and job.owner != me():
+                continue
+            return name
+        return None
 
     # -- steps, artefacts, events -------------------------------------------------------------------
 
