@@ -115,7 +115,9 @@ class Handlers:
             return views.jobs_table(store)
 
     def job_names(self) -> list[str]:
-        return [row[0] for row in self.jobs()]
+        """Newest first, as the Jobs table lists them (without reading every job's steps)."""
+        with self.store() as store:
+            return [job.name for job in reversed(store.jobs())]
 
     def job(self, name: str | None) -> views.JobView | None:
         if not name:
@@ -336,8 +338,11 @@ def build_app(cfg: WebConfig) -> gr.Blocks:
         fname, frel = gr.Textbox(visible=False), gr.Textbox(visible=False)
         gr.Button(visible=False).click(user_errors(h.job_file), [fname, frel], gr.File(visible=False),
                                        api_name="job_file")
-        app.load(lambda: (gr.update(choices=h.job_names()), gr.update(choices=h.job_names())), None, [watch, picked],
-                 api_name=False)
+        def job_choices():
+            names = h.job_names()
+            return gr.update(choices=names), gr.update(choices=names)
+
+        app.load(job_choices, None, [watch, picked], api_name=False)
     return app
 
 
