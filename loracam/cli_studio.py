@@ -132,7 +132,8 @@ def resume(
     from loracam.studio.job import run_job
 
     folder = run_job(_store(studio), name, echo=typer.echo, accept_changes=accept_changes)
-    typer.echo(f"done: open {folder / 'gallery' / 'index.html'}")
+    gallery = folder / "gallery" / "index.html"
+    typer.echo(f"done: open {gallery}" if gallery.is_file() else f"done: {folder}")  # train/grid/tune: no gallery
 
 
 @studio_app.command("list")
@@ -178,8 +179,9 @@ def cancel(name: str = typer.Argument(...), studio: Path = typer.Option(Path("st
 def worker(studio: Path = typer.Option(Path("studio"), "--studio", help=STUDIO_HELP),
            idle_exit: Optional[float] = typer.Option(None, "--idle-exit", help="Exit after this many seconds with "
                                                      "nothing queued (default: run until stopped)."),
-           poll: float = typer.Option(1.0, "--poll", help="Seconds between looks at the queue.")):
-    """Run the jobs queued in the studio (by the web UI or `studio run --queue`), one at a time, until stopped.
+           poll: float = typer.Option(0.1, "--poll", help="Seconds between looks at the queue.")):
+    """Run the jobs queued in the studio (studio, train, generate, grid and tune jobs from the web UI, or
+    `studio run --queue`), one at a time, keeping the base model loaded between them, until stopped.
     One worker a studio folder; a job whose worker was killed is resumed by the next one."""
     from loracam.studio.worker import serve
 

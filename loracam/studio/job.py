@@ -34,7 +34,7 @@ class StudioConfig:
     """Everything a studio job was asked for (saved in the job store; the styles' content too)."""
 
     name: str
-    kind: str = "portrait"  # portrait | dressup
+    kind: str = "portrait"  # portrait | dressup | train (prep and train only)
     photos: str | None = None
     subject: str = "face"
     trigger: str = "sks"
@@ -59,6 +59,7 @@ class StudioConfig:
     seeds: int = 8
     lora_weights: tuple[float, ...] = ()  # the first row's weights and the grid's centre (from `loracam tune`)
     resolved_styles: tuple[dict, ...] = field(default=())  # filled at creation: the presets' content
+    train_options: dict = field(default_factory=dict)  # TrainConfig keys over the subject's rule (rank, lr, ...)
 
     def __post_init__(self):
         if not self.name or any(c in self.name for c in "/\\:") or self.name.startswith("."):
@@ -116,8 +117,17 @@ def kinds() -> dict[str, tuple[tuple[str, Callable[[Run], dict]], ...]]:
     """Job kind -> its steps in order (imported late: the steps pull in the engine)."""
     from loracam.studio.dressup import DRESSUP_STEPS
     from loracam.studio.portrait import PORTRAIT_STEPS
+    from loracam.studio.tasks import TASK_STEPS
 
-    return {"portrait": PORTRAIT_STEPS, "dressup": DRESSUP_STEPS}
+    return {"portrait": PORTRAIT_STEPS, "dressup": DRESSUP_STEPS, "train": PORTRAIT_STEPS[:2], **TASK_STEPS}
+
+
+def job_config(job) -> "StudioConfig":
+    """A stored job's config as its kind's dataclass (a studio job's, or one engine command's)."""
+    from loracam.studio.tasks import TASKS, TaskConfig
+
+    cls = TaskConfig if job.kind in TASKS else StudioConfig
+    return from_dict(cls, job.config, where=f"job {job.name}")
 
 
 def job_folder(studio: Path, name: str) -> Path:
@@ -130,17 +140,28 @@ def create_job(store: JobStore, cfg: StudioConfig, echo: Echo = print) -> Studio
     folder = job_folder(store.studio, cfg.name)
     if folder.exists() and any(folder.iterdir()):
         raise LoracamError(f"{folder} already exists and is not empty; choose another --name")
-    cfg = replace(cfg, resolved_styles=tuple(to_dict(s) for s in _pick_styles(cfg)))
+    if isinstance(cfg, StudioConfig):
+        _check_train_options(cfg.train_options)
+        cfg = replace(cfg, resolved_styles=tuple(to_dict(s) for s in _pick_styles(cfg)))
     inputs = _fingerprints(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     store.create(cfg.name, cfg.kind, folder, to_dict(cfg), inputs, [name for name, _ in steps], JOB_VERSION)
     return cfg
 
 
+def _check_train_options(options: dict) -> None:
+    """Train options are TrainConfig's keys with its types: a typo is refused now, not when the job trains."""
+    if not options:
+        return
+    from loracam.train import TrainConfig
+
+    from_dict(TrainConfig, {"dataset": ".", **options}, where="train options")
+
+
 def _pick_styles(cfg: StudioConfig):
     from loracam.studio.styles import find_styles
 
-    if cfg.kind == "dressup" and not cfg.styles:
+    if cfg.kind in ("dressup", "train") and not cfg.styles:
         return []
     found = find_styles([Path(d) for d in cfg.style_dirs])
     base_kind = "toy" if cfg.base == "toy" else "sd15"
@@ -178,7 +199,7 @@ def _fingerprints(cfg: StudioConfig) -> dict:
 def check_inputs(store: JobStore, name: str, accept_changes: bool = False) -> list[str]:
     """What changed in the job's photos and base since it began; raise unless ``accept_changes``."""
     job = store.job(name)
-    cfg = from_dict(StudioConfig, job.config, where=f"job {name}")
+    cfg = job_config(job)
     changes = []
     now_base = base_fingerprint(cfg.base)
     if now_base != job.inputs.get("base"):
@@ -200,7 +221,7 @@ def check_inputs(store: JobStore, name: str, accept_changes: bool = False) -> li
 
 
 def run_job(store: JobStore, name: str, echo: Echo = print, accept_changes: bool = False,
-            stop_after: str | None = None) -> Path:
+            stop_after: str | None = None, models=None) -> Path:
     """Run (or resume) a job's unfinished steps; returns its folder. Raises LoracamError on a failed step,
     which stays unfinished (its files from before the failure are kept) for the next resume."""
     job = store.job(name)
@@ -208,14 +229,14 @@ def run_job(store: JobStore, name: str, echo: Echo = print, accept_changes: bool
         raise LoracamError(f"job {name!r} was made by a newer loracam (job version {job.version}, this one runs "
                            f"{JOB_VERSION}); upgrade loracam to resume it. Nothing was changed.")
     if job.status == "done":
-        echo(f"job {name!r} is already done: {job.folder / 'gallery' / 'index.html'}")
+        gallery = job.folder / "gallery" / "index.html"
+        echo(f"job {name!r} is already done: {gallery if gallery.is_file() else job.folder}")
         return job.folder
     changes = check_inputs(store, name, accept_changes)
     lease = store.acquire(name)
     for change in changes:
         store.event(name, "accepted", change)
-    cfg = from_dict(StudioConfig, job.config, where=f"job {name}")
-    run = Run(store, cfg, job.folder, echo, lease)
+    run = Run(store, job_config(job), job.folder, echo, lease, models)  # models: the worker's, kept warm
     steps = dict(kinds()[job.kind])
     current = None
     try:
@@ -270,11 +291,16 @@ ARTEFACTS = {
 }
 
 
+def is_checkpoint(path: Path) -> bool:
+    """A LoRA saved during training (NAME-stepNNNNNNNN.safetensors), not the one the job made."""
+    return "-step" in Path(path).stem
+
+
 def _record_artefacts(store: JobStore, name: str, step: str, folder: Path) -> None:
     found = []
     for kind, pattern in ARTEFACTS.get(step, {}).items():
         for path in sorted(folder.glob(pattern)):
-            what = ("checkpoint" if kind == "lora" and "-step" in path.name else
+            what = ("checkpoint" if kind == "lora" and is_checkpoint(path) else
                     "control map" if "-control" in path.name else kind)
             found.append((path.relative_to(folder), what))
     store.artefacts_add(name, step, found)

@@ -124,6 +124,7 @@ def train_step(run) -> dict:
             scorer = ProbeIdentityScorer(Probe.load())
     else:
         settings["max_steps"] = cfg.train_steps or _preset_steps(run)
+    settings.update(cfg.train_options)  # the user's rank, lr, ... over the rule's (checked at creation)
     steps = settings["max_steps"]
     face = cfg.subject == "face"
     tcfg = TrainConfig(dataset=str(run.folder / "dataset"), base=cfg.base, output=str(out), seed=0, resume=True,

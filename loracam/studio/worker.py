@@ -1,4 +1,6 @@
-"""The studio's local worker: runs the jobs queued in a studio folder, one at a time, in its own process.
+"""The studio's local worker: runs the jobs queued in a studio folder, one at a time, in its own process
+(studio and train jobs, and the web UI's generate, grid and tune requests: loracam/studio/tasks.py), with one
+model cache for all of them, so the base stays loaded from one job to the next.
 
 The web UI (and ``loracam studio submit``) only record a job and put it in the store's queue; this process
 runs it. So a job outlives the process that asked for it: kill the web server, and the worker goes on; kill
@@ -26,6 +28,10 @@ from loracam.errors import LoracamError
 from loracam.studio.store import JobStore
 
 LOCK_NAME = "worker.lock"
+# Seconds between looks at the queue. Each is one SQLite read: at 0.1 s an idle worker uses 0.2% of a core,
+# and a Generate request waits 0.05 s on average to be picked up (1 s made the page's toy render 1.3 s
+# slower than rendering in the server: benchmarks/results/web_generate.json).
+DEFAULT_POLL = 0.1
 LOG_NAME = "worker.log"
 
 
@@ -64,10 +70,11 @@ def worker_pid(studio: Path) -> int | None:
         lock.release()
 
 
-def serve(studio: Path, echo: Callable[[str], None] = print, poll: float = 1.0, idle_exit: float | None = None,
+def serve(studio: Path, echo: Callable[[str], None] = print, poll: float = DEFAULT_POLL, idle_exit: float | None = None,
           max_jobs: int | None = None) -> int:
     """Run queued jobs until stopped (SIGTERM/SIGINT), idle for ``idle_exit`` seconds, or ``max_jobs`` ran.
     Returns how many jobs it ran; 0 at once when another worker serves the folder."""
+    from loracam.models import HashCache, ModelCache, default_cache_path
     from loracam.studio.job import run_job
 
     lock = WorkerLock(studio)
@@ -77,6 +84,7 @@ def serve(studio: Path, echo: Callable[[str], None] = print, poll: float = 1.0, 
         return 0
     signal.signal(signal.SIGTERM, _interrupt)  # stop as Ctrl-C does: the job is left queued for the next worker
     store = JobStore(studio)
+    models = ModelCache(HashCache(default_cache_path()))  # one for every job: the base stays loaded between them
     ran, idle_since = 0, time.monotonic()
     echo(f"worker {os.getpid()} serves {Path(studio).resolve()}")
     try:
@@ -89,7 +97,7 @@ def serve(studio: Path, echo: Callable[[str], None] = print, poll: float = 1.0, 
                 continue
             echo(f"== job {name}")
             try:
-                run_job(store, name, echo=lambda s, n=name: echo(f"[{n}] {s}"))
+                run_job(store, name, echo=lambda s, n=name: echo(f"[{n}] {s}"), models=models)
             except LoracamError as exc:  # recorded in the store (stopped, cancelled): the next job runs
                 echo(f"[{name}] {exc}")
             # done, cancelled or stopped by an error the user must fix: off the queue (Resume puts it back).
@@ -110,14 +118,14 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def spawn(studio: Path, python: str | None = None) -> int | None:
+def spawn(studio: Path, python: str | None = None, poll: float = DEFAULT_POLL) -> int | None:
     """Start a worker for ``studio`` in its own session (it survives whoever started it), logging to
     ``worker.log``; returns its pid, or None when one already serves the folder."""
     if worker_pid(studio) is not None:
         return None
     log = open(Path(studio) / LOG_NAME, "ab")
     proc = subprocess.Popen([python or sys.executable, "-m", "loracam.cli", "studio", "worker", "--studio",
-                             str(Path(studio).resolve())], stdout=log, stderr=subprocess.STDOUT,
+                             str(Path(studio).resolve()), "--poll", str(poll)], stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     log.close()
     return proc.pid

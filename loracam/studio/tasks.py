@@ -1,0 +1,136 @@
+"""One engine command as a job: generate, grid and tune, queued in the studio and run by its worker.
+
+The web UI's Generate, Grid and Tune pages record one of these instead of rendering in the server, so one
+process (the worker) holds the model and the GPU, and a page closed or a server restarted loses nothing: the
+job is in the store and its files in its folder. (Training is the portrait job's first two steps: the
+``train`` kind in loracam/studio/job.py.)
+
+Each command writes into its own folder of the job and marks it finished last: the engine's writers number
+their files and never overwrite, so a step run again after a kill starts from an emptied folder (its own
+half-written files, nothing of the user's) and leaves the same files as one run.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loracam.config import from_dict
+from loracam.errors import LoracamError
+from loracam.io import atomic_write_bytes
+
+TASKS = ("generate", "grid", "tune")
+DONE = ".done"  # in a command's folder once all its files are written
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """A command's arguments as the engine's own configs take them (a GenRequest, a TuneConfig, ...)."""
+
+    name: str
+    kind: str  # generate | grid | tune
+    args: dict = field(default_factory=dict)
+    photos: str | None = None  # none: what check_inputs looks at for studio jobs
+
+    def __post_init__(self):
+        if self.kind not in TASKS:
+            raise LoracamError(f"unknown task {self.kind!r}; use one of {', '.join(TASKS)}")
+        if not self.name or any(c in self.name for c in "/\\:") or self.name.startswith("."):
+            raise LoracamError(f"job name {self.name!r}: a plain folder name (letters, digits, - and _)")
+
+    @property
+    def base(self) -> str:
+        request = self.args.get("request", self.args)
+        return request.get("base") or "toy"
+
+    @property
+    def device(self) -> str:
+        return self.args.get("request", self.args).get("device", "auto")
+
+
+def _whole(run, folder: str, write) -> Path:
+    """Run ``write(FOLDER)`` into an empty FOLDER and mark it finished; a finished FOLDER is kept as it is.
+
+    The mark is written last, so a FOLDER without it is a killed run's half (this job's own files, nothing
+    of the user's): it is emptied and written again. (Not a FOLDER.part renamed at the end: tune.json and
+    the engine's messages name the folder they were written in.)"""
+    final = run.folder / folder
+    mark = final / DONE
+    if mark.is_file():
+        return final
+    shutil.rmtree(final, ignore_errors=True)
+    final.mkdir(parents=True)
+    write(final)
+    atomic_write_bytes(mark, b"")
+    return final
+
+
+def _library(run, lora_dirs):
+    from loracam.lora import LoraLibrary
+
+    return LoraLibrary([Path(d) for d in lora_dirs], run.models.hash_cache)
+
+
+def generate_step(run) -> dict:
+    from loracam.generate import GenRequest
+    from loracam.generate.api import generate
+
+    req = from_dict(GenRequest, run.cfg.args, where=f"job {run.cfg.name}'s request")
+    warnings: list[str] = []
+
+    def write(out: Path) -> None:
+        result = generate(req, run.models, _library(run, req.lora_dirs))
+        result.save(out)
+        warnings.extend(result.warnings)
+
+    out = _whole(run, "images", write)
+    for w in warnings:
+        run.note("generate", f"warning: {w}")
+    return {"images": len(list(out.glob("*.png")))}
+
+
+def grid_step(run) -> dict:
+    from loracam.generate import GenRequest
+    from loracam.grid import AxisSpec, GridOptions, run_grid
+
+    a = run.cfg.args
+    req = from_dict(GenRequest, a["request"], where=f"job {run.cfg.name}'s request")
+    specs = [AxisSpec.parse(s) if s else None for s in a.get("axes", [])]
+    opts = from_dict(GridOptions, a.get("options", {}), where=f"job {run.cfg.name}'s grid options")
+    said = {}
+
+    def write(out: Path) -> None:
+        res = run_grid(req, specs, opts, run.models, _library(run, req.lora_dirs), out, seeds=a.get("seeds"),
+                       progress=lambda i, n: run.lease.renew() if i % 8 == 0 else None)  # a cancel stops it
+        said.update(cells=len(res.paths["cells"]), rendered=res.rendered)
+        shutil.rmtree(out / "cell-cache", ignore_errors=True)  # this job's cells are its own files already
+
+    _whole(run, "grid", write)
+    return said
+
+
+def tune_step(run) -> dict:
+    from loracam.tune.run import TuneConfig, run_tune
+
+    cfg = from_dict(TuneConfig, run.cfg.args, where=f"job {run.cfg.name}'s tune options")
+    said = {}
+
+    def write(out: Path) -> None:
+        res = run_tune(cfg, run.models, _library(run, cfg.lora_dirs), out, echo=lambda s: _said(run, s))
+        said.update(renders=res.renders)
+
+    _whole(run, "tune", write)
+    return said
+
+
+def _said(run, line: str) -> None:
+    run.note("tune", line)
+    run.lease.renew()  # tune reports every round: a cancel stops it there
+
+
+TASK_STEPS = {
+    "generate": (("generate", generate_step),),
+    "grid": (("grid", grid_step),),
+    "tune": (("tune", tune_step),),
+}

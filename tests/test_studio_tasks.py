@@ -1,0 +1,118 @@
+"""One engine command as a studio job (generate, grid, tune) and the train kind: what the web UI's pages queue
+and the worker runs. The job must leave the same files as the command run directly, start again cleanly after
+a kill, and refuse bad options before it is queued."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from loracam.config import to_dict
+from loracam.errors import LoracamError
+from loracam.studio.job import StudioConfig, create_job, run_job
+from loracam.studio.store import JobStore
+from loracam.studio.tasks import DONE, TaskConfig
+
+REQUEST = dict(prompt="1girl, upper body, red dress", seed=77, steps=6, cfg=5.0)
+AXES = ["CFG Scale=3,7", "Steps=4,6"]
+
+
+def _pixels(paths):
+    return [np.asarray(Image.open(p)) for p in paths]
+
+
+def test_a_grid_job_gives_the_commands_cells_and_a_killed_half_is_written_again(tmp_path):
+    from loracam.generate import GenRequest
+    from loracam.grid import AxisSpec, GridOptions, run_grid
+    from loracam.lora import LoraLibrary
+    from loracam.models import ModelCache
+
+    models = ModelCache()
+    direct = run_grid(GenRequest(**REQUEST), [AxisSpec.parse(a) for a in AXES], GridOptions(), models,
+                      LoraLibrary([]), tmp_path / "direct")
+    store = JobStore(tmp_path / "studio")
+    args = {"request": to_dict(GenRequest(**REQUEST)), "axes": AXES, "options": {}}
+    create_job(store, TaskConfig(name="g", kind="grid", args=args))
+    folder = run_job(store, "g", echo=lambda s: None, models=models)
+    out = folder / "grid"
+    cells = sorted(out.glob("*.png"))[:-1]  # the last is the grid picture
+    assert len(cells) == 4 and (out / DONE).is_file()
+    for a, b in zip(_pixels(cells), _pixels(direct.paths["cells"])):
+        np.testing.assert_array_equal(a, b)  # same process, same ops: bit-identical
+    assert store.job("g").status == "done" and store.steps("g")[0].detail["cells"] == 4
+
+    # a run killed half-way leaves files and no mark: the next run empties the folder and writes it whole
+    (out / DONE).unlink()
+    (out / "99999-half.png").write_bytes(b"half")
+    store.db.execute("UPDATE steps SET status='pending' WHERE job='g'")
+    store.db.execute("UPDATE jobs SET status='stopped' WHERE name='g'")
+    run_job(store, "g", echo=lambda s: None, models=models)
+    again = sorted(out.glob("*.png"))
+    assert [p.name for p in again] == [p.name for p in cells] + [sorted(direct.paths["grid"].parent.glob("*.png"))[-1].name]
+    for a, b in zip(_pixels(again[:-1]), _pixels(cells)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_generate_and_tune_jobs_write_their_files_and_say_what_they_found(tmp_path):
+    from loracam.generate import GenRequest
+    from loracam.tune.run import TuneConfig
+
+    store = JobStore(tmp_path / "studio")
+    create_job(store, TaskConfig(name="gen", kind="generate", args=to_dict(GenRequest(**REQUEST, batch_size=2))))
+    folder = run_job(store, "gen", echo=lambda s: None)
+    images = sorted((folder / "images").glob("*.png"))
+    assert [p.name for p in images] == ["00000-77.png", "00001-78.png"]
+    assert "Seed: 78" in Image.open(images[1]).text["parameters"]
+
+    import torch
+
+    from loracam.lora.formats import random_lora, write_kohya
+    from loracam.models import ModelCache
+
+    toy = ModelCache().get("toy", torch.device("cpu"), torch.float32)
+    lora_dir = tmp_path / "loras"
+    lora_dir.mkdir()
+    write_kohya(lora_dir / "testdress.safetensors", random_lora(toy.unet, toy.text_encoder, seed=0, std=0.02),
+                {"loracam_trigger": "testdress", "loracam_subject": "garment"})
+    prompt = "1girl, full body, testdress <lora:testdress:1>"
+    tune = TuneConfig(prompt=prompt, seeds=(1000,), budget=6, neighbourhood=0, lora_dirs=(str(lora_dir),), steps=8)
+    create_job(store, TaskConfig(name="t", kind="tune", args=to_dict(tune)))
+    folder = run_job(store, "t", echo=lambda s: None)
+    data = json.loads((folder / "tune" / "tune.json").read_text())
+    assert [s["seed"] for s in data["seeds"]] == [1000] and 1 <= data["renders"] <= 6
+    assert all(str(folder / "tune") in f for f in data["files"].values())  # the paths it names exist
+    assert any(kind == "tune" and "seed 1000:" in m for _, kind, m in store.events("t"))
+
+
+def test_bad_task_and_train_options_are_refused_before_the_job_is_queued(tmp_path):
+    store = JobStore(tmp_path / "studio")
+    with pytest.raises(LoracamError, match="unknown task 'render'"):
+        TaskConfig(name="x", kind="render")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (64, 96)).save(photos / "a.png")
+    with pytest.raises(LoracamError, match=r"unknown key\(s\) rnak"):
+        create_job(store, StudioConfig(name="t", kind="train", photos=str(photos), train_options={"rnak": 4}))
+    with pytest.raises(LoracamError, match="--rank must be at least 1"):
+        create_job(store, StudioConfig(name="t", kind="train", photos=str(photos), train_options={"rank": 0}))
+    assert store.jobs() == [] and not (tmp_path / "studio" / "t").exists()
+
+
+def test_a_train_job_is_prep_and_train_with_the_users_options(tmp_path):
+    from loracam.lora import read_lora
+    from loracam.toy.photos import write_photos
+
+    photos = tmp_path / "photos"
+    write_photos(photos, "sks", 6, seed=3, size=(192, 288))
+    store = JobStore(tmp_path / "studio")
+    create_job(store, StudioConfig(name="mine", kind="train", photos=str(photos), train_steps=4,
+                                   train_options={"rank": 4, "alpha": 2.0}))
+    assert [s.name for s in store.steps("mine")] == ["prep", "train"]
+    folder = run_job(store, "mine", echo=lambda s: None)
+    lora = read_lora(folder / "lora" / "mine.safetensors")
+    assert {m.dim for m in lora.modules.values()} == {4} and {m.alpha for m in lora.modules.values()} == {2.0}
+    assert json.loads(lora.metadata["loracam_config"])["max_steps"] == 4
