@@ -18,14 +18,17 @@ def web(
     auth: Optional[str] = typer.Option(None, "--auth", help="USER:PASS: the login the pages ask for."),
     studio: Path = typer.Option(Path("studio"), "--studio-dir", "--studio", help="The studio folder: its job store "
                                 "and jobs; the only folder the server serves files from."),
-    lora_dir: Optional[List[Path]] = typer.Option(None, "--lora-dir", help="LoRA folders for Generate and Library."),
+    lora_dir: Optional[List[Path]] = typer.Option(None, "--lora-dir", help="LoRA folders for Generate, Grid, Tune and "
+                                                  "Library (the LoRAs the studio trains are always there)."),
+    model_dir: Optional[List[Path]] = typer.Option(None, "--model-dir", help="Folders of base checkpoints "
+                                                   "(.safetensors, diffusers folders), A1111's models/Stable-diffusion."),
     max_file_mb: float = typer.Option(40.0, "--max-file-mb", help="Largest upload, per file."),
     max_files: int = typer.Option(60, "--max-files", help="Most photos a job."),
     max_megapixels: float = typer.Option(50.0, "--max-megapixels", help="Largest photo, in megapixels."),
     no_worker: bool = typer.Option(False, "--no-worker", help="Do not start the studio's worker (run "
                                    "`loracam studio worker` yourself)."),
 ):
-    """The web UI: the studio job from photos to gallery, the job queue, Generate and the LoRA library.
+    """The web UI: the studio job from photos to gallery, Train, Generate, Grid, Tune, the job queue and the library.
     Jobs run in the studio's worker process: they go on when the server stops, and a restarted server shows them."""
     from loracam.web.guard import Limits, check_listen, parse_auth
 
@@ -38,6 +41,7 @@ def web(
 
         raise LoracamError(f"the web UI needs gradio ({exc}): pip install 'loracam[web]'") from None
     launch(ServeConfig(studio=studio, port=port, listen=listen, auth=creds, lora_dirs=tuple(lora_dir or ()),
+                       model_dirs=tuple(model_dir or ()),
                        limits=Limits(max_file_mb, max_files, max_megapixels), worker=not no_worker),
            echo=typer.echo)
 

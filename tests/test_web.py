@@ -180,6 +180,63 @@ def test_a_studio_job_from_upload_to_gallery_through_the_api(server, photos):
     with pytest.raises(Exception, match="a job named 'doll' exists"):
         c.predict([gradio_client.handle_file(str(p)) for p in photos], "doll", *QUICK_JOB.values(),
                   api_name="/start_studio")
+    _the_hobbyist_pages(c, server.studio, photos)
+
+
+def _the_hobbyist_pages(c, studio: Path, photos):
+    """Train, Generate, Grid and Tune on the same server: each queues a job the worker runs."""
+    # Train: photos to a LoRA with the user's rank; it shows in the library (the studio's LoRAs are listed)
+    c.predict([gradio_client.handle_file(str(p)) for p in photos], "mine", "face", "sks", "", "toy", 4, 4, None,
+              api_name="/start_train")
+    assert _wait_done(c, "mine", 120)["status"] == "done"
+    rows = {r[0]: r for r in c.predict(api_name="/library")["data"]}
+    assert rows["mine"][2] == "4" and rows["doll"][2] == "8"
+    assert set(rows) == {"doll", "mine"}  # the checkpoints saved while training are not listed
+    from loracam.web.handlers import Handlers, WebConfig
+
+    assert Handlers(WebConfig(studio)).lora_names() == ["doll", "mine"]  # what the pickers offer
+    # Generate renders in the worker, with the studio's LoRA, and says what it did (A1111's infotext)
+    images, infotext, status = c.predict("1girl, close-up, sks <lora:doll:1>", "", "toy", "Euler a", 6, 5, 31, 0, 0,
+                                         2, api_name="/generate")
+    assert len(images) == 2 and "done" in status
+    assert "Seed: 32" in infotext and 'Lora hashes: "doll: ' in infotext
+    generated = status.split("`")[1]
+    assert f"[{generated}] == generate" in (studio / "worker.log").read_text()  # run by the worker, not the server
+    # Grid: a LoRA weight axis; the cells are named by what varies
+    grid, cells, status = c.predict("1girl, close-up, sks <lora:doll:1>", "", "toy", "Euler a", 6, 5, 31, 0, 0,
+                                    "lora:doll", "0,1", "Nothing", "", "Nothing", "", 0, api_name="/grid")
+    assert [cell["caption"] for cell in cells] == ["<lora:doll:0>", "<lora:doll:1>"] and grid
+    with pytest.raises(Exception, match="give at least one axis"):
+        c.predict("x", "", "toy", "Euler a", 6, 5, 31, 0, 0, "Nothing", "", "Nothing", "", "Nothing", "", 0,
+                  api_name="/grid")
+    # Tune: the weights found per seed, the search's picture, its report
+    with pytest.raises(Exception, match="a budget of 4 renders a seed is too small for 1 LoRA"):
+        c.predict("1girl, close-up, sks <lora:doll:1>", "", "toy", 1, 4, api_name="/tune")  # said before queueing
+    rows, pictures, report, status = c.predict("1girl, close-up, sks <lora:doll:1>", "", "toy", 1, 6, api_name="/tune")
+    assert len(rows["data"]) == 1 and rows["data"][0][1].startswith("doll ") and "search renders" in report
+    assert [p["caption"] for p in pictures][0] == "the search"
+    jobs = c.predict(api_name="/jobs")
+    assert {r[1] for r in jobs} == {"portrait", "train", "generate", "grid", "tune"}
+    assert all(r[2] == "done" for r in jobs) and len(jobs) == 5  # the refused tune made no job
+
+
+def test_the_library_lists_base_models_by_their_tensors(tmp_path):
+    from safetensors.numpy import save_file
+
+    from loracam.web import views
+
+    import numpy as np
+
+    one = {"model.diffusion_model.input_blocks.0.0.weight": np.zeros((2, 2), np.float32)}
+    save_file(one, str(tmp_path / "sd15.safetensors"))
+    save_file({**one, "conditioner.embedders.0.x": np.zeros(1, np.float32)}, str(tmp_path / "xl.safetensors"))
+    save_file({"lora_unet_x.lora_down.weight": np.zeros(1, np.float32)}, str(tmp_path / "a-lora.safetensors"))
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "model_index.json").write_text("{}")
+    rows = {r[0]: r for r in views.base_rows([tmp_path])}
+    assert set(rows) == {"toy", "sd15", "xl", "folder"}  # a LoRA is not a base
+    assert rows["sd15"][1] == "sd1" and rows["folder"][1] == "diffusers folder"
+    assert rows["xl"][1].startswith("not usable") and "SDXL" in rows["xl"][1]
 
 
 def test_a_wrong_password_and_an_oversize_upload_are_refused(server, photos, tmp_path):

@@ -1,5 +1,6 @@
 """loracam web in a real browser: headless Chromium (Debian's, driven by Playwright) uploads toy photos, starts
-a studio job on the toy base and sees the gallery appear; a screenshot of each main page is saved under the
+a studio job on the toy base and sees the gallery appear; renders on Generate and a grid whose cell it sends
+to Generate; a screenshot of each main page is saved under the
 test's output (and into $LORACAM_SCREENSHOTS when set, to look at)."""
 
 from __future__ import annotations
@@ -35,8 +36,7 @@ def test_upload_start_and_see_the_gallery_in_chromium(tmp_path):
     studio = tmp_path / "studio"
     shots = tmp_path / "screenshots"
     shots.mkdir()
-    app, url = launch(ServeConfig(studio=studio, port=free_port(), lora_dirs=(studio,)), block=False,
-                      echo=lambda s: None)
+    app, url = launch(ServeConfig(studio=studio, port=free_port()), block=False, echo=lambda s: None)
     expect = sync_api.expect
     try:
         with sync_api.sync_playwright() as pw:
@@ -68,16 +68,39 @@ def test_upload_start_and_see_the_gallery_in_chromium(tmp_path):
             expect(page.locator("#generated img")).to_have_count(1)
             page.screenshot(path=str(shots / "generate.png"), full_page=True)
 
+            page.get_by_role("tab", name="Grid").click()  # X: CFG Scale 3,5,7; a cell sent to Generate
+            page.locator("#grid-prompt textarea").fill("1girl, close-up, blue dress")
+            page.locator("#grid-go").click()
+            expect(page.locator("#grid-cells img")).to_have_count(3, timeout=60_000)
+            page.locator("#grid-cells img").nth(1).click()
+            expect(page.locator("#grid-cell-info textarea")).to_have_value(re.compile("CFG scale: 5,"), timeout=20_000)
+            page.screenshot(path=str(shots / "grid.png"), full_page=True)
+            page.locator("#grid-send").click()
+            expect(page.locator("#gen-prompt textarea")).to_have_value("1girl, close-up, blue dress", timeout=20_000)
+            expect(page.get_by_label("CFG scale").first).to_have_value("5")
+
+            page.get_by_role("tab", name="Train").click()
+            page.screenshot(path=str(shots / "train.png"), full_page=True)
+            page.get_by_role("tab", name="Tune").click()
+            page.locator("#tune-prompt textarea").fill("1girl, close-up, sks <lora:browser:1>")
+            page.get_by_label("Seeds (random)").fill("1")
+            page.get_by_label("Renders a seed (the guide's two grids: 54)").fill("6")
+            page.locator("#tune-go").click()
+            expect(page.locator("#tune-status")).to_contain_text("done", timeout=60_000)
+            expect(page.locator("#tune-table")).to_contain_text("browser ")
+            page.screenshot(path=str(shots / "tune.png"), full_page=True)
+
             page.get_by_role("tab", name="Library").click()
             expect(page.locator("#library-table")).to_contain_text("browser", timeout=30_000)
-            page.locator("#library-table").get_by_text("browser", exact=True).click()
+            page.locator("#library-table").get_by_text("browser", exact=True).last.click()  # the visible span
             expect(page.get_by_text("ss_network_dim").first).to_be_visible(timeout=30_000)  # its metadata
             page.screenshot(path=str(shots / "library.png"), full_page=True)
             browser.close()
     finally:
         app.close()
         _stop_worker(studio)
-    assert sorted(p.name for p in shots.iterdir()) == ["generate.png", "jobs.png", "library.png", "studio.png"]
+    assert sorted(p.name for p in shots.iterdir()) == ["generate.png", "grid.png", "jobs.png", "library.png",
+                                                       "studio.png", "train.png", "tune.png"]
     keep = os.environ.get("LORACAM_SCREENSHOTS")
     if keep:
         shutil.copytree(shots, keep, dirs_exist_ok=True)

@@ -28,8 +28,10 @@ class ServeConfig:
     listen: bool = False
     auth: tuple[str, str] | None = None
     lora_dirs: tuple[Path, ...] = ()
+    model_dirs: tuple[Path, ...] = ()
     limits: guard.Limits = guard.Limits()
     worker: bool = True  # start the studio's worker when none runs
+    worker_poll: float = 0.1  # how often that worker looks at the queue (loracam/studio/worker.py DEFAULT_POLL)
 
 
 def launch(cfg: ServeConfig, block: bool = True, echo=print):
@@ -41,12 +43,12 @@ def launch(cfg: ServeConfig, block: bool = True, echo=print):
     if cfg.worker:
         from loracam.studio.worker import spawn, worker_pid
 
-        pid = spawn(studio)
+        pid = spawn(studio, poll=cfg.worker_poll)
         echo(f"worker: started (pid {pid}), log {studio / 'worker.log'}" if pid else
              f"worker: one already serves {studio} (pid {worker_pid(studio)})")
     from loracam.web.app import WebConfig, build_app
 
-    app = build_app(WebConfig(studio, tuple(cfg.lora_dirs), cfg.limits))
+    app = build_app(WebConfig(studio, tuple(cfg.lora_dirs), tuple(cfg.model_dirs), cfg.limits))
     app.queue(default_concurrency_limit=1)
     try:
         _, url, _ = app.launch(server_name=host, server_port=cfg.port, auth=cfg.auth,

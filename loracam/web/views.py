@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loracam.errors import LoracamError
+from loracam.studio.job import is_checkpoint
 from loracam.studio.store import JobStore
 
 JOB_COLUMNS = ["job", "kind", "status", "steps", "now", "worker", "updated", "message"]
@@ -66,7 +68,7 @@ def job_view(store: JobStore, name: str, previews: int = 24) -> JobView:
     view.gallery = gallery_items(folder)
     view.downloads = [p for p in [*sorted((folder / "lora").glob("*.safetensors")),
                                   folder / "gallery" / "report.json"]
-                      if p.is_file() and "-step" not in p.name] + [p for p, _ in view.gallery]
+                      if p.is_file() and not is_checkpoint(p)] + [p for p, _ in view.gallery]
     return view
 
 
@@ -102,13 +104,16 @@ def gallery_items(folder: Path) -> list[tuple[Path, str]]:
     return out
 
 
-def library_rows(lora_dirs: list[Path], hash_cache) -> list[list]:
-    """The LoRAs under the folders: name, family, dim, hash, trigger/dataset and training steps from metadata."""
+def library_rows(lora_dirs: list[Path], hash_cache, hide=lambda path: False) -> list[list]:
+    """The LoRAs under the folders (but those ``hide`` says): name, family, dim, hash, trigger/dataset and
+    training steps from metadata."""
     from loracam.info import describe
     from loracam.lora import LoraLibrary
 
     rows = []
     for path in LoraLibrary(lora_dirs, hash_cache).files():
+        if hide(path):
+            continue
         try:
             d = describe(path, hash_cache)
         except Exception as exc:  # a broken file is listed with its reason, not hidden
@@ -134,3 +139,32 @@ def lora_preview(path: Path) -> Path | None:
         if p.is_file():
             return p
     return None
+
+
+BASE_COLUMNS = ["name", "family", "size", "file"]
+
+
+def base_rows(model_dirs: list[Path]) -> list[list]:
+    """The base models Generate, Grid, Tune and Train can use: the built-in toy, then the checkpoints
+    (.safetensors, read by header only: a 2-7 GB file is not hashed to be listed) and diffusers folders
+    under the folders."""
+    from loracam.models.loader import checkpoint_keys, detect_checkpoint_family
+
+    rows = [["toy", "toy (built-in)", "", "toy"]]
+    for d in model_dirs:
+        for path in sorted(Path(d).rglob("*")):
+            if path.is_dir() and (path / "model_index.json").is_file():
+                rows.append([path.name, "diffusers folder", "", str(path)])
+            elif path.is_file() and path.suffix.lower() == ".safetensors":
+                try:
+                    keys = checkpoint_keys(path, allow_pickle=False)
+                except Exception as exc:  # listed with its reason, not hidden
+                    rows.append([path.stem, f"unreadable: {exc}", "", str(path)])
+                    continue
+                if any(k.startswith("model.diffusion_model.") for k in keys):
+                    try:
+                        family = detect_checkpoint_family(keys, path.name)
+                    except LoracamError as exc:  # SDXL, SD2: shown, with why it cannot be used
+                        family = f"not usable: {exc}"
+                    rows.append([path.stem, family, f"{path.stat().st_size / 2**30:.2f} GB", str(path)])
+    return rows
