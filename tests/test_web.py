@@ -153,6 +153,10 @@ def test_a_studio_job_from_upload_to_gallery_through_the_api(server, photos):
     app, url = server()
     c = _client(url)
     assert c.predict(api_name="/jobs") == []
+    # the API is the pages' actions and nothing else (gradio 6 publishes an event named "false" for api_name=False)
+    endpoints = set(httpx.get(f"{url}gradio_api/info").json()["named_endpoints"])
+    assert endpoints == {"/start_studio", "/start_train", "/cancel", "/resume", "/generate", "/read_png", "/grid",
+                         "/tune", "/jobs", "/job", "/job_file", "/library", "/base_models"}, endpoints
     message, _ = c.predict([gradio_client.handle_file(str(p)) for p in photos], "doll", *QUICK_JOB.values(),
                            api_name="/start_studio")
     assert "doll" in message and "queued" in message
