@@ -97,6 +97,8 @@ def test_bad_task_and_train_options_are_refused_before_the_job_is_queued(tmp_pat
     Image.new("RGB", (64, 96)).save(photos / "a.png")
     with pytest.raises(LoracamError, match=r"unknown key\(s\) rnak"):
         create_job(store, StudioConfig(name="t", kind="train", photos=str(photos), train_options={"rnak": 4}))
+    with pytest.raises(LoracamError, match="train options output: the job sets these itself"):
+        create_job(store, StudioConfig(name="t", kind="train", photos=str(photos), train_options={"output": "x"}))
     with pytest.raises(LoracamError, match="--rank must be at least 1"):
         create_job(store, StudioConfig(name="t", kind="train", photos=str(photos), train_options={"rank": 0}))
     assert store.jobs() == [] and not (tmp_path / "studio" / "t").exists()

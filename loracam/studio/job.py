@@ -149,12 +149,19 @@ def create_job(store: JobStore, cfg: StudioConfig, echo: Echo = print) -> Studio
     return cfg
 
 
+JOB_SETS = {"dataset", "output", "base", "resume", "device", "save_every_steps", "select", "identity_images"}
+
+
 def _check_train_options(options: dict) -> None:
     """Train options are TrainConfig's keys with its types: a typo is refused now, not when the job trains."""
     if not options:
         return
     from loracam.train import TrainConfig
 
+    mine = sorted(set(options) & JOB_SETS)
+    if mine:
+        raise LoracamError(f"train options {', '.join(mine)}: the job sets these itself (its folders, base, "
+                           "checkpoints and device); give the others (rank, lr, max_steps, ...)")
     from_dict(TrainConfig, {"dataset": ".", **options}, where="train options")
 
 
