@@ -118,3 +118,42 @@ def test_a_train_job_is_prep_and_train_with_the_users_options(tmp_path):
     lora = read_lora(folder / "lora" / "mine.safetensors")
     assert {m.dim for m in lora.modules.values()} == {4} and {m.alpha for m in lora.modules.values()} == {2.0}
     assert json.loads(lora.metadata["loracam_config"])["max_steps"] == 4
+
+
+def test_a_cancel_reaches_a_training_step_through_the_heartbeat(tmp_path):
+    """The heartbeat renews the lease while a step works; when it finds the job cancelled, training stops at
+    its next step with a checkpoint (not at the end of the step, which may be hours away), and resume goes on."""
+    import threading
+    import time
+
+    from loracam.studio.store import Cancelled
+    from loracam.toy.photos import write_photos
+
+    photos = tmp_path / "photos"
+    write_photos(photos, "sks", 6, seed=3, size=(192, 288))
+    store = JobStore(tmp_path / "studio")
+    create_job(store, StudioConfig(name="long", kind="train", photos=str(photos), train_steps=2000,
+                                   train_options={"rank": 4, "alpha": 4.0}))
+    raised = []
+
+    def work():
+        local = JobStore(tmp_path / "studio")
+        try:
+            run_job(local, "long", echo=lambda s: None, lease_seconds=0.4)
+        except Cancelled as exc:
+            raised.append(exc)
+
+    t = threading.Thread(target=work)
+    t.start()
+    log = tmp_path / "studio" / "long" / "lora" / "long.events.jsonl"
+    deadline = time.time() + 60
+    while (not log.is_file() or '"step"' not in log.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    asked = time.time()
+    store.cancel("long")
+    t.join(timeout=30)
+    assert not t.is_alive() and raised, "the cancel did not stop the training step"
+    assert time.time() - asked < 10  # a few training steps, not the 2000
+    assert store.job("long").status == "cancelled"
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if '"event": "step"' in line]
+    assert steps[-1] < 2000 and list((log.parent / "long.state").glob("step-*.pt"))  # stopped with a checkpoint

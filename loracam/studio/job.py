@@ -21,7 +21,8 @@ from loracam.config import from_dict, to_dict
 from loracam.errors import LoracamError
 from loracam.io import DiskFull
 from loracam.studio.inputs import base_fingerprint, photo_changes, photos_fingerprint
-from loracam.studio.store import Cancelled, JobStore
+from loracam.studio.heartbeat import Heartbeat, StepControl
+from loracam.studio.store import LEASE_SECONDS, Cancelled, JobStore
 
 JOB_VERSION = 1  # the layout of a job's config and folder; a newer one is refused, not guessed at
 Echo = Callable[[str], None]
@@ -89,6 +90,7 @@ class Run:
     echo: Echo
     lease: object
     _models: object = None
+    heartbeat: object = None  # loracam/studio/heartbeat.py: renews the lease while a step works
 
     @property
     def models(self):
@@ -98,9 +100,16 @@ class Run:
             self._models = ModelCache(HashCache(default_cache_path()))
         return self._models
 
-    def note(self, step: str, message: str) -> None:
+    def note(self, step: str, message: str, check: bool = True) -> None:
         self.echo(f"   {message}")
         self.store.event(self.cfg.name, step, message)
+        if check and self.heartbeat is not None:
+            self.heartbeat.check()  # cancelled or taken over while this step worked: stop here
+
+    @property
+    def control(self):
+        """What a long step polls to stop early (training checks it every step)."""
+        return self.heartbeat.control
 
     @functools.cached_property
     def _styles(self) -> list:
@@ -228,7 +237,8 @@ def check_inputs(store: JobStore, name: str, accept_changes: bool = False) -> li
 
 
 def run_job(store: JobStore, name: str, echo: Echo = print, accept_changes: bool = False,
-            stop_after: str | None = None, models=None) -> Path:
+            stop_after: str | None = None, models=None, lease_seconds: float = LEASE_SECONDS,
+            who: str | None = None) -> Path:
     """Run (or resume) a job's unfinished steps; returns its folder. Raises LoracamError on a failed step,
     which stays unfinished (its files from before the failure are kept) for the next resume."""
     job = store.job(name)
@@ -240,10 +250,19 @@ def run_job(store: JobStore, name: str, echo: Echo = print, accept_changes: bool
         echo(f"job {name!r} is already done: {gallery if gallery.is_file() else job.folder}")
         return job.folder
     changes = check_inputs(store, name, accept_changes)
-    lease = store.acquire(name)
+    lease = store.acquire(name, seconds=lease_seconds)
+    if who:  # a worker: `studio status` and the Jobs page say which one runs the job
+        store.event(name, "worker", f"run by {who} ({lease.owner})")
     for change in changes:
         store.event(name, "accepted", change)
-    run = Run(store, job_config(job), job.folder, echo, lease, models)  # models: the worker's, kept warm
+    heartbeat = Heartbeat(store.studio, lease, StepControl())
+    run = Run(store, job_config(job), job.folder, echo, lease, models, heartbeat)  # models: the worker's, kept warm
+    with heartbeat:
+        return _run_steps(store, name, job, run, stop_after)
+
+
+def _run_steps(store: JobStore, name: str, job, run: Run, stop_after: str | None) -> Path:
+    lease, echo = run.lease, run.echo
     steps = dict(kinds()[job.kind])
     current = None
     try:

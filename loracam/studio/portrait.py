@@ -131,7 +131,9 @@ def train_step(run) -> dict:
                        save_every_steps=max(1, steps // 4), select="best" if face else "last",
                        identity_images=8, device=cfg.device, **{k: v for k, v in settings.items() if v is not None})
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = train(tcfg, echo=lambda s: run.note("train", s), progress=False, scorer=scorer)
+    result = train(tcfg, echo=lambda s: run.note("train", s, check=False), progress=False, scorer=scorer, control=run.control)
+    if result.stopped_early:
+        run.heartbeat.check()  # cancelled or taken over: say which (the checkpoint is saved)
     if result.stopped_early or not out.is_file():
         raise LoracamError("training stopped before it wrote the LoRA; resume the job to continue it")
     return {"lora": str(out), "steps": result.steps, "selected": result.selected}

@@ -96,6 +96,12 @@ def _owner_alive(owner: str) -> bool:
     return True
 
 
+def dead_owner(job: "JobRow", now: float | None = None) -> bool:
+    """A running job whose runner is gone: its lease expired, or it was a process of this host that exited."""
+    now = time.time() if now is None else now
+    return not job.owner or not job.lease_until or job.lease_until <= now or not _owner_alive(job.owner)
+
+
 class JobStore:
     """The studio folder's database. Open one per process; every method is one short transaction."""
 
@@ -184,7 +190,7 @@ class JobStore:
                 raise LoracamError(f"no job named {name!r} in {self.studio}")
             held, until = row
             if held and held != owner and until and until > now and _owner_alive(held):
-                raise LoracamError(
+                raise Held(
                     f"job {name!r} is being run by another process ({held}, lease until "
                     f"{time.strftime('%H:%M:%S', time.localtime(until))}); wait for it, or stop it with "
                     f"`loracam studio cancel {name}`")
@@ -288,6 +294,10 @@ class JobStore:
     def events(self, name: str, last: int | None = None) -> list[tuple[float, str, str]]:
         rows = list(self.db.execute("SELECT time, kind, message FROM events WHERE job=? ORDER BY id", (name,)))
         return rows[-last:] if last else rows
+
+
+class Held(LoracamError):
+    """Another live process holds the job's lease: it runs the job (a worker skips it)."""
 
 
 class Cancelled(LoracamError):
