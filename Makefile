@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 # The stamp's name changes when the dependency files change, so an edit reinstalls and nothing else does.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | cksum | cut -d' ' -f1)
 
-.PHONY: setup browser demo test bench gpu-suite toy-model toy-probe toy-prompts toy-upscaler toy-locator toy-controlnet clean-venv
+.PHONY: setup system-tools demo test bench gpu-suite toy-model toy-probe toy-prompts toy-upscaler toy-locator toy-controlnet clean-venv
 
 setup: $(STAMP)
 	@:
@@ -17,27 +17,28 @@ $(STAMP): pyproject.toml constraints.txt
 	@echo "installing loracam into $(VENV) (torch 2.13.0 first, then the rest under constraints.txt)"
 	@# torch first and alone, so the later install sees it satisfied and never pulls a CUDA build.
 	@$(PIP) install "torch==2.13.0" 2>&1 | { grep -v "^WARNING: Location" || true; }
-	@$(PIP) install -c constraints.txt -e ".[dev,pose,tag,web]" 2>&1 | { grep -v "^WARNING: Location" || true; }
+	@$(PIP) install -c constraints.txt -e ".[dev,pose,tag,web,workers]" 2>&1 | { grep -v "^WARNING: Location" || true; }
 	@# mediapipe 0.10.21 carries the pose model; its metadata pins numpy<2 and opencv-contrib, so no deps.
 	@# spandrel's metadata asks for torchvision, which would pull a CUDA build of torch: no deps either.
 	@$(PIP) install -c constraints.txt --no-deps mediapipe==0.10.21 spandrel==0.4.2 2>&1 | { grep -v "^WARNING: Location" || true; }
-	@$(MAKE) --no-print-directory browser
+	@$(MAKE) --no-print-directory system-tools
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-# The web UI's browser test drives Debian's Chromium through playwright (never a downloaded browser). Installed
-# with apt where this user may (root, or sudo without a password); elsewhere the test skips and says why.
-browser:
-	@if command -v chromium >/dev/null; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing Debian's chromium for the browser test (apt-get)"; \
-		{ apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && \
-		  apt-get install -y -q chromium >/dev/null 2>&1; }; } || echo "chromium could not be installed: the browser test will skip"; \
-	elif sudo -n true 2>/dev/null && command -v apt-get >/dev/null; then \
-		echo "installing Debian's chromium for the browser test (sudo apt-get)"; \
-		{ sudo apt-get install -y -q chromium >/dev/null 2>&1 || { sudo apt-get update -q >/dev/null 2>&1 && \
-		  sudo apt-get install -y -q chromium >/dev/null 2>&1; }; } || echo "chromium could not be installed: the browser test will skip"; \
-	else echo "no chromium and no apt-get as root here: the browser test will skip (install chromium to run it)"; fi
+# Debian packages the tests drive: Chromium (the web UI's browser test, through playwright; never a downloaded
+# browser) and redis-server (the workers' broker; the tests start their own on a free port). Installed with apt
+# where this user may (root, or sudo without a password); elsewhere the tests that need them skip and say why.
+SYSTEM_TOOLS := chromium:chromium redis-server:redis-server
+system-tools:
+	@for pair in $(SYSTEM_TOOLS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null && continue; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo"; \
+	  else echo "no $$cmd and no apt-get as root here: its tests will skip (install $$pkg to run them)"; continue; fi; \
+	  if ! command -v apt-get >/dev/null; then echo "no apt-get here: install $$pkg to run its tests"; continue; fi; \
+	  echo "installing Debian's $$pkg for the tests (apt-get)"; \
+	  { $$sudo apt-get install -y -q $$pkg >/dev/null 2>&1 || { $$sudo apt-get update -q >/dev/null 2>&1 && \
+	    $$sudo apt-get install -y -q $$pkg >/dev/null 2>&1; }; } || echo "$$pkg could not be installed: its tests will skip"; \
+	done
 
 # The demo never overwrites: the previous run's folder is kept as demo-output.previous.
 demo: setup
@@ -74,7 +75,7 @@ toy-locator: setup
 toy-controlnet: setup
 	$(PY) -m loracam.toy.controlnet --force
 
-test: setup
+test: setup system-tools
 	$(PY) -m pytest -q --durations=10
 
 # nga_sweep is left out: a study of ~15 min per variant, run by name (benchmarks/README.md);

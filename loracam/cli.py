@@ -15,6 +15,7 @@ from loracam.cli_judge import COMMANDS as JUDGE_COMMANDS
 from loracam.cli_studio import studio_app
 from loracam.cli_tune import COMMANDS as TUNE_COMMANDS
 from loracam.cli_web import COMMANDS as WEB_COMMANDS
+from loracam.cli_worker import COMMANDS as WORKER_COMMANDS
 from loracam.cli_util import StepBar, asdict, parse_size, services, user_errors
 from loracam.control.units import CONTROLNET_HELP, from_flags
 from loracam.errors import LoracamError
@@ -501,6 +502,8 @@ for _command in JUDGE_COMMANDS:  # judge
 for _command in TUNE_COMMANDS:  # tune
     app.command()(_command)
 for _command in WEB_COMMANDS:  # web (gradio is imported only when it runs)
+    app.command()(_command)
+for _command in WORKER_COMMANDS:  # worker (celery is imported only when it runs)
     app.command()(_command)
 app.add_typer(studio_app, name="studio")
 

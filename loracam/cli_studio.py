@@ -14,6 +14,8 @@ studio_app = typer.Typer(help="The studio: photos in, a gallery of the best port
                          no_args_is_help=True)
 STUDIO_HELP = "The studio folder: its job store (jobs.sqlite) and one folder per job."
 QUEUE_HELP = "Only record the job in the studio's queue: the worker (`loracam studio worker`, or the web UI's) runs it."
+BROKER_HELP = ("Send the job to the Celery workers on this Redis broker (`loracam worker`) instead of running it here "
+               "(default: $LORACAM_BROKER; unset: run here).")
 
 
 def _store(studio: Path):
@@ -54,6 +56,7 @@ def run(
     device: str = typer.Option("auto", "--device"),
     studio: Path = typer.Option(Path("studio"), "--studio", help=STUDIO_HELP),
     queue: bool = typer.Option(False, "--queue", help=QUEUE_HELP),
+    broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
 ):
     """Photos -> prep -> train -> candidates per style -> judge -> upscale -> gallery, as one resumable job."""
     from loracam.studio.job import StudioConfig
@@ -63,21 +66,35 @@ def run(
                        train_steps=train_steps, seed=seed, lora_weight=lora_weight, batch_size=batch_size, style_dirs=_paths(style_dir),
                        lora_dirs=_paths(lora_dir), upscaler_dirs=_paths(upscaler_dir),
                        controlnet_dirs=_paths(controlnet_dir), device=device)
-    _start(studio, cfg, queue)
+    _start(studio, cfg, queue, broker)
 
 
-def _start(studio: Path, cfg, queue: bool = False) -> None:
-    """Record the job, then run it; a job stopped on the way is continued by `loracam studio resume`."""
+def _start(studio: Path, cfg, queue: bool = False, broker: Optional[str] = None) -> None:
+    """Record the job, then run it (or queue it, or send it to the workers); a job stopped on the way is
+    continued by `loracam studio resume`."""
     from loracam.studio.job import create_job, run_job
+    from loracam.workers.submit import broker_url
 
+    url = broker_url(broker)
     store = _store(studio)
     create_job(store, cfg, echo=typer.echo)
+    if url:
+        _send(store, cfg.name, url)
+        return
     if queue:
         store.enqueue(cfg.name)
         typer.echo(f"queued {cfg.name!r}; `loracam studio status {cfg.name} --studio {studio}` follows it")
         return
     folder = run_job(store, cfg.name, echo=typer.echo)
     typer.echo(f"done: open {folder / 'gallery' / 'index.html'}")
+
+
+def _send(store, name: str, url: str) -> None:
+    from loracam.workers.submit import enqueue
+
+    enqueue(store, name, url)
+    typer.echo(f"sent {name!r} to the workers on {url}; `loracam studio status {name} --studio {store.studio}` "
+               "follows it")
 
 
 @studio_app.command("dressup")
@@ -99,6 +116,7 @@ def dressup(
     device: str = typer.Option("auto", "--device"),
     studio: Path = typer.Option(Path("studio"), "--studio", help=STUDIO_HELP),
     queue: bool = typer.Option(False, "--queue", help=QUEUE_HELP),
+    broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
 ):
     """The NGA guide's workflow as a job: a seed row, compositions picked by the judge, a LoRA weight grid on
     the picked seeds, the smallest weights that work, finished, in a gallery."""
@@ -117,7 +135,7 @@ def dressup(
     cfg = StudioConfig(name=name, kind="dressup", subject="garment", loras=files, lora_weights=weights,
                        prompt=prompt, negative=negative, base=base, seeds=seeds, keep=keep, styles=_csv(styles),
                        seed=seed, style_dirs=_paths(style_dir), device=device)
-    _start(studio, cfg, queue)
+    _start(studio, cfg, queue, broker)
 
 
 @studio_app.command("resume")
@@ -127,10 +145,18 @@ def resume(
     accept_changes: bool = typer.Option(False, "--accept-changes",
                                         help="Go on although the photos or base changed (finished steps are kept)."),
     studio: Path = typer.Option(Path("studio"), "--studio", help=STUDIO_HELP),
+    broker: Optional[str] = typer.Option(None, "--broker", help=BROKER_HELP),
 ):
     """Continue a stopped, failed, cancelled or killed job from its first unfinished step."""
-    from loracam.studio.job import run_job
+    from loracam.studio.job import check_inputs, run_job
+    from loracam.workers.submit import broker_url
 
+    url = broker_url(broker)
+    if url:
+        store = _store(studio)
+        check_inputs(store, name, accept_changes)  # said here, not by a worker
+        _send(store, name, url)
+        return
     folder = run_job(_store(studio), name, echo=typer.echo, accept_changes=accept_changes)
     gallery = folder / "gallery" / "index.html"
     typer.echo(f"done: open {gallery}" if gallery.is_file() else f"done: {folder}")  # train/grid/tune: no gallery
@@ -159,6 +185,11 @@ def status(name: str = typer.Argument(...), studio: Path = typer.Option(Path("st
     job = store.job(name)
     typer.echo(f"{job.name}: {job.kind} job, {job.status}" + (f" ({job.message})" if job.message else ""))
     typer.echo(f"folder: {job.folder}")
+    workers = [m for _, kind, m in store.events(name) if kind == "worker"]
+    if job.status == "running" and job.owner:
+        typer.echo(f"worker: {workers[-1] if workers else job.owner}")
+    elif workers:
+        typer.echo(f"last worker: {workers[-1]}")
     for s in store.steps(name):
         took = f"{s.detail.get('seconds')} s" if s.detail.get("seconds") is not None else ""
         err = f"  {s.detail['error']}" if s.detail.get("error") else ""

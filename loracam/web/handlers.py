@@ -39,6 +39,7 @@ class WebConfig:
     limits: guard.Limits = field(default_factory=guard.Limits)
     refresh_seconds: float = 2.0  # how often the Studio and Jobs pages look at the store
     follow_seconds: float = 0.1  # how often a waiting Generate/Grid/Tune request looks at its job
+    broker: str | None = None  # jobs go to the Celery workers on this Redis (loracam/workers); None: the local worker
 
 
 class Handlers:
@@ -108,7 +109,7 @@ class Handlers:
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)  # our copy of the uploads; the job was not made
                 raise
-            store.enqueue(cfg.name)
+            self._queue(store, cfg.name)
         return f"**{cfg.name}** queued: {len(paths)} photos, the worker runs it (follow it below)", cfg.name
 
     def _keep_photos(self, name: str, paths: list[Path]) -> Path:
@@ -122,6 +123,15 @@ class Handlers:
             shutil.copyfile(p, tmp / f"{i:03d}-{Path(p).name}")
         tmp.rename(final)
         return final
+
+    def _queue(self, store: JobStore, name: str) -> None:
+        """Queue a job for the studio's worker, or send it to the Celery workers when there is a broker."""
+        if self.cfg.broker:
+            from loracam.workers.submit import enqueue
+
+            enqueue(store, name, self.cfg.broker)
+        else:
+            store.enqueue(name)
 
     # -- jobs ------------------------------------------------------------------------------------------------
 
@@ -150,7 +160,7 @@ class Handlers:
         if not name:
             raise LoracamError("pick a job first")
         with self.store() as store:
-            store.enqueue(name)
+            self._queue(store, name)
         return f"job {name!r} queued again: the worker continues it from its first unfinished step"
 
     def job_file(self, name: str, relative: str) -> str:
@@ -170,7 +180,7 @@ class Handlers:
         name = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         with self.store() as store:
             create_job(store, TaskConfig(name=name, kind=kind, args=args))
-            store.enqueue(name)
+            self._queue(store, name)
         return name
 
     def follow(self, name: str, poll: float | None = None, timeout: float | None = None) -> Iterator[str]:
@@ -191,6 +201,8 @@ class Handlers:
                 last = store.events(name, last=1)
             if job.status == "running":
                 now = f"running ({last[0][2]})" if last else "running"
+            elif self.cfg.broker:
+                now = f"queued for the workers on {self.cfg.broker}"
             elif worker_pid(self.studio) is None:
                 now = (f"queued, and no worker serves {self.studio}: start one with `loracam studio worker "
                        f"--studio {self.studio}` (loracam web starts one unless --no-worker)")

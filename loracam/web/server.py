@@ -32,6 +32,7 @@ class ServeConfig:
     limits: guard.Limits = guard.Limits()
     worker: bool = True  # start the studio's worker when none runs
     worker_poll: float = 0.1  # how often that worker looks at the queue (loracam/studio/worker.py DEFAULT_POLL)
+    broker: str | None = None  # Celery workers on this Redis run the jobs (no local worker is started)
 
 
 def launch(cfg: ServeConfig, block: bool = True, echo=print):
@@ -40,7 +41,10 @@ def launch(cfg: ServeConfig, block: bool = True, echo=print):
     offline_env()
     studio = Path(cfg.studio).resolve()
     studio.mkdir(parents=True, exist_ok=True)
-    if cfg.worker:
+    if cfg.broker:
+        echo(f"jobs go to the workers on {cfg.broker} (start them with `loracam worker --broker {cfg.broker} "
+             f"--studio {studio}`)")
+    elif cfg.worker:
         from loracam.studio.worker import spawn, worker_pid
 
         pid = spawn(studio, poll=cfg.worker_poll)
@@ -48,7 +52,7 @@ def launch(cfg: ServeConfig, block: bool = True, echo=print):
              f"worker: one already serves {studio} (pid {worker_pid(studio)})")
     from loracam.web.app import WebConfig, build_app
 
-    app = build_app(WebConfig(studio, tuple(cfg.lora_dirs), tuple(cfg.model_dirs), cfg.limits))
+    app = build_app(WebConfig(studio, tuple(cfg.lora_dirs), tuple(cfg.model_dirs), cfg.limits, broker=cfg.broker))
     app.queue(default_concurrency_limit=1)
     try:
         _, url, _ = app.launch(server_name=host, server_port=cfg.port, auth=cfg.auth,
