@@ -5,6 +5,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,23 @@ def test_a_file_that_is_not_a_store_is_refused(tmp_path):
     (tmp_path / "jobs.sqlite").write_bytes(b"not a database at all" * 100)
     with pytest.raises(LoracamError, match="not a loracam job store"):
         JobStore(tmp_path)
+
+
+def test_a_studio_on_a_network_file_system_gets_the_rollback_journal(tmp_path, monkeypatch):
+    """WAL's shared-memory index works only with every process on one host: workers on several machines share
+    the studio over NFS, where the store must use the rollback journal."""
+    from loracam.studio.store import JOURNAL_ENV, fs_type, journal_mode
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/sda1 / ext4 rw 0 0\n"
+                      "server:/export /mnt/studio nfs4 rw,vers=4.2 0 0\n"
+                      "/dev/sdb1 /mnt/studio/local\\040disk xfs rw 0 0\n")
+    monkeypatch.delenv(JOURNAL_ENV, raising=False)
+    assert fs_type(Path("/mnt/studio/jobs"), str(mounts)) == "nfs4"
+    assert journal_mode(Path("/mnt/studio/jobs"), str(mounts)) == "DELETE"
+    assert journal_mode(Path("/mnt/studio/local disk/x"), str(mounts)) == "WAL"  # the longest mount point wins
+    assert journal_mode(Path("/mnt/studiox"), str(mounts)) == "WAL"  # a prefix of a name is not a parent
+    monkeypatch.setenv(JOURNAL_ENV, "delete")
+    assert journal_mode(Path("/home/me"), str(mounts)) == "DELETE"
+    store = JobStore(tmp_path / "studio")  # and the store opens in it
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"

@@ -169,6 +169,10 @@ def test_a_killed_workers_training_is_finished_by_the_other_with_the_same_lora(w
     assert list(state.glob("step-*.pt")), "no checkpoint of b in 90 s"
     pid = int(store.job("b").owner.rpartition(":")[2])
     victim = next(n for n, p in workers.procs.items() if p.pid == pid)
+    from loracam.web.views import jobs_table
+
+    row = next(r for r in jobs_table(store) if r[0] == "b")
+    assert row[2] == "running" and row[5].startswith(f"{victim}@test ("), row  # the Jobs page names the worker
     workers.procs[victim].send_signal(signal.SIGKILL)
     workers.procs[victim].wait()
     assert not (studio / "b" / "lora" / "b.safetensors").exists(), "b finished before the kill"

@@ -96,6 +96,41 @@ def _owner_alive(owner: str) -> bool:
     return True
 
 
+# WAL keeps its index in shared memory (the -shm file, mmap'd): every process must be on one host. A studio
+# folder on a network file system (workers on several machines) gets SQLite's rollback journal instead, which
+# needs only the file system's locks (NFSv4 has them; README: deployment).
+NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "9p", "fuse.sshfs",
+              "fuse.glusterfs", "fuse.cephfs")
+JOURNAL_ENV = "LORACAM_STORE_JOURNAL"
+
+
+def journal_mode(folder: Path, mounts: str = "/proc/mounts") -> str:
+    """WAL on a local disk, DELETE on a network file system; $LORACAM_STORE_JOURNAL (wal or delete) decides
+    where the mount table cannot be read or guesses wrong."""
+    forced = os.environ.get(JOURNAL_ENV, "").strip().upper()
+    if forced in ("WAL", "DELETE"):
+        return forced
+    return "DELETE" if fs_type(folder, mounts) in NETWORK_FS else "WAL"
+
+
+def fs_type(folder: Path, mounts: str = "/proc/mounts") -> str | None:
+    """The file system type of the mount that holds ``folder`` (the longest mount point above it)."""
+    try:
+        lines = Path(mounts).read_text().splitlines()
+    except OSError:
+        return None
+    where, best = str(Path(folder).resolve()), (None, "")
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        inside = where == point or where.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best[1]):
+            best = (parts[2], point)
+    return best[0]
+
+
 def dead_owner(job: "JobRow", now: float | None = None) -> bool:
     """A running job whose runner is gone: its lease expired, or it was a process of this host that exited."""
     now = time.time() if now is None else now
@@ -111,7 +146,7 @@ class JobStore:
         self.path = self.studio / DB_NAME
         try:
             self.db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(f"PRAGMA journal_mode={journal_mode(self.studio)}")
             self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a killed process
             self.db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:

@@ -97,7 +97,7 @@ def serve(studio: Path, echo: Callable[[str], None] = print, poll: float = DEFAU
                 continue
             echo(f"== job {name}")
             try:
-                run_job(store, name, echo=lambda s, n=name: echo(f"[{n}] {s}"), models=models)
+                run_job(store, name, echo=lambda s, n=name: echo(f"[{n}] {s}"), models=models, who="the studio's worker")
             except LoracamError as exc:  # recorded in the store (stopped, cancelled): the next job runs
                 echo(f"[{name}] {exc}")
             # done, cancelled or stopped by an error the user must fix: off the queue (Resume puts it back).

@@ -25,10 +25,16 @@ def jobs_table(store: JobStore) -> list[list]:
         done = sum(s.status == "done" for s in steps)
         now = next((s.name for s in steps if s.status == "running"), "")
         status = job.status + (" (in queue)" if job.name in queued and job.status not in ("queued", "running") else "")
-        worker = job.owner if job.status == "running" and job.owner else ""
+        worker = _runner(store, job) if job.status == "running" and job.owner else ""
         rows.append([job.name, job.kind, status, f"{done}/{len(steps)}", now, worker,
                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.updated)), job.message or ""])
     return rows
+
+
+def _runner(store: JobStore, job) -> str:
+    """Who runs a job: the Celery worker's name when a worker took it (its "worker" event), else host:pid."""
+    named = [m for _, kind, m in store.events(job.name) if kind == "worker"]
+    return named[-1].removeprefix("run by ") if named else job.owner
 
 
 @dataclass
