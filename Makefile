@@ -81,7 +81,7 @@ test: setup system-tools
 # nga_sweep is left out: a study of ~15 min per variant, run by name (benchmarks/README.md);
 # gpu_suite too: it measures a CUDA GPU (make gpu-suite)
 BENCHES := gen_overhead prep_speed train_throughput grid_batching toy_quality numerics_cost upscale_speed toy_finish \
-	controlnet_overhead toy_controlnet toy_studio toy_prompts toy_tune web_overhead web_generate
+	controlnet_overhead toy_controlnet toy_studio toy_prompts toy_tune web_overhead web_generate worker_throughput
 
 bench: setup
 	@set -e; for b in $(BENCHES); do echo "== $$b"; $(PY) benchmarks/$$b.py; done
