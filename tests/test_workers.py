@@ -237,3 +237,24 @@ def test_twenty_grid_jobs_finish_once_each_through_a_redis_restart(workers, redi
                              str(studio)], capture_output=True, text=True, timeout=120)
     assert "last worker: run by w" in status.stdout, status.stdout  # which worker ran it
 
+
+
+def test_a_broker_that_cannot_be_reached_is_said_and_the_job_stays_queued(tmp_path):
+    from loracam.studio.store import JobStore
+
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    proc = subprocess.run([sys.executable, "-m", "loracam.cli", "studio", "resume", "g", "--studio", str(tmp_path),
+                           "--broker", url], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "no job named 'g'" in proc.stderr  # nothing to send: said, nothing made
+    from loracam.studio.job import create_job
+
+    store = JobStore(tmp_path)
+    create_job(store, _grid("g", 1))
+    proc = subprocess.run([sys.executable, "-m", "loracam.cli", "studio", "resume", "g", "--studio", str(tmp_path),
+                           "--broker", url], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"could not reach the broker {url}" in proc.stderr and "is recorded and queued" in proc.stderr
+    assert store.job("g").status == "queued" and store.queued() == ["g"]  # kept: resume sends it later
+    bad = subprocess.run([sys.executable, "-m", "loracam.cli", "worker", "--broker", "http://x"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode != 0 and "give redis://HOST:6379/0" in bad.stderr
