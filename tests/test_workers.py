@@ -258,3 +258,33 @@ def test_a_broker_that_cannot_be_reached_is_said_and_the_job_stays_queued(tmp_pa
     bad = subprocess.run([sys.executable, "-m", "loracam.cli", "worker", "--broker", "http://x"], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode != 0 and "give redis://HOST:6379/0" in bad.stderr
+
+
+def test_the_reaper_sends_again_a_job_whose_lease_expired_on_another_machine(tmp_path, monkeypatch):
+    """Across machines the lease's expiry is the only sign of a dead worker (its pid cannot be looked up)."""
+    import threading
+
+    from loracam.studio.job import create_job
+    from loracam.studio.store import JobStore
+    from loracam.workers import app as celery_app
+    from loracam.workers.worker import WorkerConfig, reap
+
+    store = JobStore(tmp_path)
+    for name in ("expired", "alive"):
+        create_job(store, _grid(name, 1))
+        store.enqueue(name)
+    now = time.time()
+    store.db.execute("UPDATE jobs SET status='running', owner='gpu-box-7:4242', lease_until=? WHERE name='expired'",
+                     (now - 1,))
+    store.db.execute("UPDATE jobs SET status='running', owner='gpu-box-8:4242', lease_until=? WHERE name='alive'",
+                     (now + 600,))
+    sent = []
+    monkeypatch.setattr(celery_app, "send", lambda app, studio, name, queue: sent.append((studio, name, queue)))
+    stop = threading.Event()
+    t = threading.Thread(target=reap, args=(None, tmp_path, WorkerConfig("redis://x", tmp_path, lease=2.0), stop))
+    t.start()
+    time.sleep(2.5)  # two rounds (every half lease): sent once, not once a round
+    stop.set()
+    t.join()
+    assert sent == [(str(tmp_path), "expired", "loracam")]
+    assert any(kind == "reaper" and "gpu-box-7:4242" in m for _, kind, m in store.events("expired"))
