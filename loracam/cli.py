@@ -14,6 +14,7 @@ from loracam.cli_finish import COMMANDS as FINISH_COMMANDS, DETAIL_HELP, detail_
 from loracam.cli_judge import COMMANDS as JUDGE_COMMANDS
 from loracam.cli_studio import studio_app
 from loracam.cli_tune import COMMANDS as TUNE_COMMANDS
+from loracam.cli_submit import broker_option, sent_to_workers, studio_option
 from loracam.cli_web import COMMANDS as WEB_COMMANDS
 from loracam.cli_worker import COMMANDS as WORKER_COMMANDS
 from loracam.cli_util import StepBar, asdict, parse_size, services, user_errors
@@ -175,9 +176,11 @@ def grid(
     device: Optional[str] = typer.Option(None, "--device"),
     precision: Optional[str] = typer.Option(None, "--precision"),
     output: Path = typer.Option(Path("outputs/grids"), "-o", "--output"),
+    broker: Optional[str] = broker_option(),
+    studio: Path = studio_option(),
 ):
     """Render an X/Y/Z grid (A1111's axes and value syntax), batching cells that can share a batch."""
-    from loracam.config import from_dict
+    from loracam.config import from_dict, to_dict
     from loracam.generate import GenRequest
     from loracam.grid import AxisSpec, GridOptions, run_grid
     from loracam.io import check_writable_dir
@@ -197,10 +200,13 @@ def grid(
     specs = [AxisSpec.parse(a) if a else None for a in (x, y, z)]
     if seeds is None and not any(specs):
         raise LoracamError("give at least one axis (--x TYPE=VALUES) or --seeds N")
+    opts = GridOptions(keep_random_seeds=keep_random_seeds, vary_seeds=vary_seeds, batch_size=batch_size, force=force)
+    if sent_to_workers("grid", {"request": to_dict(req), "axes": [x, y, z], "seeds": seeds, "options": to_dict(opts)},
+                       studio, broker):
+        return
     check_writable_dir(output)
     models = services()
     library = LoraLibrary([Path(d) for d in req.lora_dirs], models.hash_cache)
-    opts = GridOptions(keep_random_seeds=keep_random_seeds, vary_seeds=vary_seeds, batch_size=batch_size, force=force)
     bar = StepBar(total=0)
     result = run_grid(req, specs, opts, models, library, output, seeds=seeds,
                       progress=lambda i, n: (setattr(bar, "total", n), bar(i, n)))
@@ -401,9 +407,11 @@ def train(
     device: Optional[str] = typer.Option(None, "--device"),
     full: bool = typer.Option(False, "--full", help="Full fine-tuning instead of a LoRA."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of this run."),
+    broker: Optional[str] = broker_option(),
+    studio: Path = studio_option(),
 ):
     """Train a LoRA (kohya format, loads in A1111/ComfyUI/diffusers) or fine-tune a whole model (--full)."""
-    from loracam.config import from_dict, load_toml
+    from loracam.config import from_dict, load_toml, to_dict
     from loracam.train import TrainConfig
     from loracam.train import train as run_training
 
@@ -423,6 +431,9 @@ def train(
     base_cfg = asdict(load_toml(TrainConfig, config)) if config else {}
     cfg = from_dict(TrainConfig, {**base_cfg, **{k: v for k, v in flags.items() if v is not None}},
                     where="train options")
+    if sent_to_workers("train-dataset", {k: v for k, v in to_dict(cfg).items() if k not in ("output", "resume")},
+                       studio, broker):
+        return
     result = run_training(cfg, echo=typer.echo)
     if result.main_process and not result.stopped_early:
         typer.echo(f"wrote {result.output} after {result.steps} steps"

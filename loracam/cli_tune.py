@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from loracam.cli_submit import broker_option, sent_to_workers, studio_option
 from loracam.cli_util import parse_size, services, user_errors
 from loracam.errors import LoracamError
 
@@ -50,6 +51,8 @@ def tune(
     size: Optional[str] = typer.Option(None, "--size"),
     batch_size: int = typer.Option(8, "--batch-size"),
     device: str = typer.Option("auto", "--device"),
+    broker: Optional[str] = broker_option(),
+    studio: Path = studio_option(),
 ):
     """Find, per seed, the lightest weights at which each LoRA's concept is judged present (bisection, all
     LoRAs side by side, rendered in batches with per-image weights), preferring renders that keep the rest of
@@ -66,6 +69,10 @@ def tune(
                         start=max_weight, ceiling=ceiling, neighbourhood=neighbourhood,
                         lora_dirs=tuple(map(str, lora_dir or ())), sampler=sampler, steps=steps, cfg=cfg,
                         width=width, height=height, batch_size=batch_size, device=device)
+    from loracam.config import to_dict
+
+    if sent_to_workers("tune", to_dict(config), studio, broker):
+        return
     models = services()
     library = LoraLibrary([Path(d) for d in config.lora_dirs], models.hash_cache)
     run_tune(config, models, library, output, echo=typer.echo)

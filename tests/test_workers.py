@@ -288,3 +288,42 @@ def test_the_reaper_sends_again_a_job_whose_lease_expired_on_another_machine(tmp
     t.join()
     assert sent == [(str(tmp_path), "expired", "loracam")]
     assert any(kind == "reaper" and "gpu-box-7:4242" in m for _, kind, m in store.events("expired"))
+
+
+def test_train_grid_and_tune_commands_with_a_broker_send_jobs_that_run_anywhere(redis_server, tmp_path):
+    """`loracam train/grid/tune --broker`: the command is recorded as a job (its relative paths made absolute:
+    a worker runs it from another folder) and sent; run here (as a worker would), it leaves the command's files
+    in the job's folder."""
+    from loracam.studio.job import run_job
+    from loracam.studio.store import JobStore
+    from loracam.toy.photos import write_photos
+
+    write_photos(tmp_path / "data" / "img" / "1_sks 1girl", "sks", 4, seed=3, size=(64, 96))
+
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "loracam.cli", *args, "--broker", redis_server.url, "--studio",
+                               "studio"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert proc.returncode == 0 and "sent " in proc.stdout, proc.stdout + proc.stderr
+        return proc.stdout.split("'")[1]  # the job's name
+
+    store = JobStore(tmp_path / "studio")
+    trained = cli("train", "data", "--max-steps", "2", "--resolution", "64x96", "--rank", "2")
+    assert store.job(trained).config["args"]["dataset"] == str(tmp_path / "data")
+    folder = run_job(store, trained, echo=lambda s: None)
+    lora = folder / "lora" / f"{trained}.safetensors"
+    assert lora.is_file()
+    gridded = cli("grid", "1girl, upper body", "--x", "CFG Scale=3,7", "--steps", "3", "--seed", "5")
+    assert len(list((run_job(store, gridded, echo=lambda s: None) / "grid").glob("*.png"))) == 3
+    import torch
+
+    from loracam.lora.formats import random_lora, write_kohya
+    from loracam.models import ModelCache
+
+    toy = ModelCache().get("toy", torch.device("cpu"), torch.float32)
+    (tmp_path / "loras").mkdir()
+    write_kohya(tmp_path / "loras" / "testdress.safetensors", random_lora(toy.unet, toy.text_encoder, seed=0, std=0.02),
+                {"loracam_trigger": "testdress", "loracam_subject": "garment"})
+    tuned = cli("tune", "1girl, full body, testdress <lora:testdress:1>", "-o", "unused", "--seed", "5", "--budget",
+                "6", "--steps", "3", "--lora-dir", "loras", "--neighbourhood", "0")
+    assert (run_job(store, tuned, echo=lambda s: None) / "tune" / "tune.json").is_file()
+    assert not (tmp_path / "unused").exists()  # with a broker the files go to the job's folder

@@ -152,6 +152,10 @@ def create_job(store: JobStore, cfg: StudioConfig, echo: Echo = print) -> Studio
     if isinstance(cfg, StudioConfig):
         _check_train_options(cfg.train_options)
         cfg = replace(cfg, resolved_styles=tuple(to_dict(s) for s in _pick_styles(cfg)))
+    else:  # one engine command: its paths must mean the same to a worker started elsewhere
+        from loracam.studio.tasks import absolute_paths
+
+        cfg = replace(cfg, args=absolute_paths(cfg.args))
     inputs = _fingerprints(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     store.create(cfg.name, cfg.kind, folder, to_dict(cfg), inputs, [name for name, _ in steps], JOB_VERSION)

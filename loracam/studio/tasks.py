@@ -20,7 +20,7 @@ from loracam.config import from_dict
 from loracam.errors import LoracamError
 from loracam.io import atomic_write_bytes
 
-TASKS = ("generate", "grid", "tune")
+TASKS = ("generate", "grid", "tune", "train-dataset")
 DONE = ".done"  # in a command's folder once all its files are written
 
 
@@ -29,7 +29,7 @@ class TaskConfig:
     """A command's arguments as the engine's own configs take them (a GenRequest, a TuneConfig, ...)."""
 
     name: str
-    kind: str  # generate | grid | tune
+    kind: str  # generate | grid | tune | train-dataset (loracam train on a prepared or kohya dataset)
     args: dict = field(default_factory=dict)
     photos: str | None = None  # none: what check_inputs looks at for studio jobs
 
@@ -47,6 +47,14 @@ class TaskConfig:
     @property
     def device(self) -> str:
         return self.args.get("request", self.args).get("device", "auto")
+
+
+def task_name(kind: str) -> str:
+    """A new job's name for one command: its kind, the time, and 4 hex digits (two in one second differ)."""
+    import secrets
+    import time
+
+    return f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
 def _whole(run, folder: str, write) -> Path:
@@ -129,8 +137,50 @@ def _said(run, line: str) -> None:
     run.lease.renew()  # tune reports every round: a cancel stops it there
 
 
+def train_dataset_step(run) -> dict:
+    """`loracam train DATASET` as a job: the LoRA goes to the job's lora folder; a rerun resumes training."""
+    from loracam.train import TrainConfig, train
+
+    out = run.folder / "lora" / f"{run.cfg.name}.safetensors"
+    if out.is_file():
+        return {"lora": str(out)}
+    cfg = from_dict(TrainConfig, {**run.cfg.args, "output": str(out), "resume": True},
+                    where=f"job {run.cfg.name}'s train options")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = train(cfg, echo=lambda s: run.note("train", s, check=False), progress=False, control=run.control)
+    if result.stopped_early:
+        run.heartbeat.check()  # cancelled or taken over: say which (the checkpoint is saved)
+    if result.stopped_early or not out.is_file():
+        raise LoracamError("training stopped before it wrote the LoRA; resume the job to continue it")
+    return {"lora": str(out), "steps": result.steps}
+
+
+# Paths in a command's arguments, made absolute when the job is made: a worker (another process, maybe
+# another machine with the same mounts) runs it from another folder.
+PATH_KEYS = ("dataset", "init_image", "mask", "lora_dirs", "upscaler_dirs", "controlnet_dirs")
+
+
+def absolute_paths(args: dict) -> dict:
+    out = {}
+    for key, value in args.items():
+        if isinstance(value, dict):
+            out[key] = absolute_paths(value)
+        elif key in PATH_KEYS and isinstance(value, str) and value:
+            out[key] = str(Path(value).expanduser().resolve())
+        elif key in PATH_KEYS and isinstance(value, (list, tuple)):
+            out[key] = [str(Path(v).expanduser().resolve()) for v in value]
+        elif key in ("base", "clip") and isinstance(value, str) and Path(value).expanduser().exists():
+            out[key] = str(Path(value).expanduser().resolve())  # a file or folder; a hub id or toy stays
+        elif key == "references" and isinstance(value, (list, tuple)):
+            out[key] = [[n, str(Path(f).expanduser().resolve())] for n, f in value]
+        else:
+            out[key] = value
+    return out
+
+
 TASK_STEPS = {
     "generate": (("generate", generate_step),),
     "grid": (("grid", grid_step),),
     "tune": (("tune", tune_step),),
+    "train-dataset": (("train", train_dataset_step),),
 }

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import shutil
 import tempfile
 import time
@@ -175,9 +174,9 @@ class Handlers:
     def submit(self, kind: str, args: dict) -> str:
         """Record one engine command as a job and queue it; returns the job's name."""
         from loracam.studio.job import create_job
-        from loracam.studio.tasks import TaskConfig
+        from loracam.studio.tasks import TaskConfig, task_name
 
-        name = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        name = task_name(kind)
         with self.store() as store:
             create_job(store, TaskConfig(name=name, kind=kind, args=args))
             self._queue(store, name)
