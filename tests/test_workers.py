@@ -194,7 +194,7 @@ def test_a_killed_workers_training_is_finished_by_the_other_with_the_same_lora(w
     assert store.queued() == []
 
 
-def test_twenty_grid_jobs_finish_once_each_through_a_redis_restart(workers, redis_server):
+def test_twenty_grid_jobs_finish_once_each_through_a_redis_that_restarts_empty(workers, redis_server):
     from loracam.studio.store import JobStore
 
     studio = workers.studio
@@ -220,9 +220,11 @@ def test_twenty_grid_jobs_finish_once_each_through_a_redis_restart(workers, redi
         time.sleep(0.1)
     done_before = sum(store.job(n).status == "done" for n in names)
     assert 4 <= done_before < 20, done_before
-    redis_server.kill()  # kill -9 mid-run, then the same server again on its append-only file
+    redis_server.kill()  # kill -9 mid-run, and worse: its data gone (the queued messages with it)
+    shutil.rmtree(redis_server.folder)
+    redis_server.folder.mkdir()
     time.sleep(1.0)
-    redis_server.start()
+    redis_server.start()  # empty: the workers' reapers find the store's queued jobs missing there, send them again
 
     _wait_all_done(studio, names, 150, workers.logs)
     for name in names:
@@ -231,6 +233,8 @@ def test_twenty_grid_jobs_finish_once_each_through_a_redis_restart(workers, redi
         assert sum(kind == "worker" for _, kind, _ in events) == 1, (name, events)  # run once, by one worker
         assert len(list((studio / name / "grid").glob("*.png"))) == 3  # 2 cells and the grid, written once
     assert store.queued() == []
+    resent = [n for n in names if any(kind == "reaper" and "not in the broker" in m for _, kind, m in store.events(n))]
+    assert resent, "no job was sent again after Redis came back empty"  # the store is the truth
     ran = {m.split(" ")[2] for n in names for _, kind, m in store.events(n) if kind == "worker"}
     assert ran == {"w1@test", "w2@test"}  # both workers took jobs
     status = subprocess.run([sys.executable, "-m", "loracam.cli", "studio", "status", "grid19", "--studio",
@@ -327,3 +331,29 @@ def test_train_grid_and_tune_commands_with_a_broker_send_jobs_that_run_anywhere(
                 "6", "--steps", "3", "--lora-dir", "loras", "--neighbourhood", "0")
     assert (run_job(store, tuned, echo=lambda s: None) / "tune" / "tune.json").is_file()
     assert not (tmp_path / "unused").exists()  # with a broker the files go to the job's folder
+
+
+def test_the_reaper_resends_queued_jobs_only_when_the_broker_has_none_waiting(tmp_path, monkeypatch):
+    import threading
+
+    from loracam.studio.job import create_job
+    from loracam.studio.store import JobStore
+    from loracam.workers import app as celery_app
+    from loracam.workers import worker
+
+    store = JobStore(tmp_path)
+    create_job(store, _grid("waiting", 1))
+    store.enqueue("waiting")
+    store.db.execute("UPDATE queue SET submitted=?", (time.time() - 60,))  # queued a minute ago
+    sent = []
+    monkeypatch.setattr(celery_app, "send", lambda app, studio, name, queue: sent.append(name))
+    for waiting_in_redis, expected in ((3, []), (0, ["waiting"])):
+        monkeypatch.setattr(worker, "broker_queue_size", lambda app, queue, n=waiting_in_redis: n)
+        stop = threading.Event()
+        t = threading.Thread(target=worker.reap, args=(None, tmp_path, worker.WorkerConfig("redis://x", tmp_path,
+                                                                                          lease=2.0), stop))
+        t.start()
+        time.sleep(1.5)
+        stop.set()
+        t.join()
+        assert sent == expected, (waiting_in_redis, sent)

@@ -282,6 +282,10 @@ class JobStore:
         """The queue in order: jobs submitted and not yet finished, cancelled or stopped by an error."""
         return [r[0] for r in self.db.execute("SELECT job FROM queue ORDER BY submitted")]
 
+    def queued_since(self) -> dict[str, float]:
+        """When each queued job was (last) put in the queue."""
+        return dict(self.db.execute("SELECT job, submitted FROM queue"))
+
     def next_queued(self) -> str | None:
         """The first queued job no live process runs (a killed worker's job comes first: it was submitted
         earlier); cancelled or done ones leave the queue here."""

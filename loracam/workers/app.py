@@ -47,6 +47,26 @@ def make_app(broker: str) -> Celery:
     return app
 
 
+def task_queue(name: str = QUEUE):
+    from kombu import Exchange, Queue
+
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+
+
 def send(app: Celery, studio: str, name: str, queue: str = QUEUE, retry_policy: dict | None = None) -> None:
-    """Publish "run job NAME of STUDIO" (the job must already be in the store and its queue)."""
-    app.send_task(TASK, args=[str(studio), name], queue=queue, retry=True, retry_policy=retry_policy)
+    """Publish "run job NAME of STUDIO" (the job must already be in the store and its queue).
+
+    The queue is declared on every send: on Redis, kombu routes a message through a binding kept in Redis,
+    which a Redis restarted without its data no longer has, while the publisher's cache says it declared it
+    already; the message would go nowhere."""
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(**_retries(retry_policy))
+        task_queue(queue)(conn.default_channel).declare()
+        app.send_task(TASK, args=[str(studio), name], queue=queue, connection=conn, retry=True,
+                      retry_policy=retry_policy)
+
+
+def _retries(policy: dict | None) -> dict:
+    policy = policy or {}
+    return {"max_retries": policy.get("max_retries", 3), "interval_start": policy.get("interval_start", 0),
+            "interval_step": policy.get("interval_step", 1), "interval_max": policy.get("interval_max", 2)}

@@ -7,7 +7,9 @@ another live worker is dropped, anything else runs or resumes from its first unf
 
 The reaper: a thread that, every half lease, looks for queued jobs whose runner died (its lease expired, or it
 was a process of this host that is gone) and sends them again, so another worker takes them over in seconds
-and resumes them from their checkpoint, instead of after Redis' visibility timeout.
+and resumes them from their checkpoint, instead of after Redis' visibility timeout; and, when the broker's
+queue is empty while the store still has jobs waiting, sends those again too (their messages were lost: a
+Redis restarted without its append-only file). The store is the truth; the broker only carries reminders.
 """
 
 from __future__ import annotations
@@ -107,10 +109,10 @@ class _State:
 
 
 def reap(app, studio: Path, cfg: WorkerConfig, stop: threading.Event) -> None:
-    """Send again the queued jobs whose runner died; each at most once a lease (other workers' reapers may
-    send it too: the duplicates are dropped by the lease)."""
-    from loracam.studio.store import JobStore, dead_owner
-    from loracam.workers.app import send
+    """Every half lease, send again (each at most once a lease; other workers' reapers may too: the duplicates
+    are dropped by the lease) the queued jobs whose runner died, and, when the broker's queue is empty, the
+    queued jobs nobody runs: a Redis that restarted without its data lost their messages."""
+    from loracam.studio.store import JobStore
 
     sent: dict[str, float] = {}
     while not stop.wait(max(0.5, cfg.lease / 2)):
@@ -120,17 +122,57 @@ def reap(app, studio: Path, cfg: WorkerConfig, stop: threading.Event) -> None:
             log.error("reaper: %s", exc)
             continue
         try:
-            now = time.time()
-            for name in store.queued():
-                job = store.job(name)
-                if job.status != "running" or not dead_owner(job, now) or now - sent.get(name, 0) < cfg.lease:
-                    continue
-                send(app, str(studio), name, cfg.queues[0])
-                sent[name] = now
-                store.event(name, "reaper", f"its worker {job.owner} is gone (lease expired or process dead); "
-                                            f"sent again by {cfg.node}")
-                log.warning("reaper: job %s of dead worker %s sent again", name, job.owner)
+            _reap_once(app, store, studio, cfg, sent)
         except Exception as exc:  # a busy store, a broker reconnecting: the next round tries again
             log.warning("reaper: %s", exc)
         finally:
             store.close()
+
+
+def _reap_once(app, store, studio: Path, cfg: WorkerConfig, sent: dict[str, float]) -> None:
+    from loracam.studio.store import dead_owner
+
+    now = time.time()
+    since = store.queued_since()
+    lost: list = []
+    for name in store.queued():
+        job = store.job(name)
+        if now - max(sent.get(name, 0), since.get(name, 0)) < cfg.lease:
+            continue  # sent a moment ago: its message may still be on its way
+        if job.status == "running" and dead_owner(job, now):
+            why = f"its worker {job.owner} is gone (lease expired or process dead)"
+        elif job.status == "queued":
+            lost.append(job)
+            continue
+        else:
+            continue
+        _resend(app, store, studio, cfg, name, why, sent, now)
+    if lost and broker_queue_size(app, cfg.queues[0]) == 0:  # queued here, nothing waiting there: lost
+        for job in lost:
+            _resend(app, store, studio, cfg, job.name, "its message is not in the broker (a Redis restarted "
+                    "without its data?)", sent, now)
+
+
+def _resend(app, store, studio, cfg, name: str, why: str, sent: dict[str, float], now: float) -> None:
+    from loracam.workers.app import send
+
+    send(app, str(studio), name, cfg.queues[0])
+    sent[name] = now
+    store.event(name, "reaper", f"{why}; sent again by {cfg.node}")
+    log.warning("reaper: job %s sent again: %s", name, why)
+
+
+def broker_queue_size(app, queue: str) -> int | None:
+    """Messages waiting in the broker's queue (not those a worker holds); None when it cannot be asked."""
+    from kombu.exceptions import ChannelError
+
+    try:
+        with app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1)
+            try:
+                return conn.default_channel.queue_declare(queue=queue, passive=True).message_count
+            except ChannelError:  # not declared: a Redis restarted empty has no queue at all
+                return 0
+    except Exception as exc:  # the broker is away: nothing is decided this round
+        log.warning("reaper: could not ask the broker for queue %s: %s", queue, exc)
+        return None
