@@ -98,3 +98,20 @@ def test_a_studio_on_a_network_file_system_gets_the_rollback_journal(tmp_path, m
     assert journal_mode(Path("/home/me"), str(mounts)) == "DELETE"
     store = JobStore(tmp_path / "studio")  # and the store opens in it
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+
+
+def test_a_new_store_opened_at_once_by_several_processes_opens_in_each(tmp_path):
+    """Two workers started together both open a new store; while one switches it to WAL, SQLite tells the other
+    "locked" at once (a lock upgrade it does not wait for). Opening tries again; it used to call the folder "not a
+    loracam job store" (CI, two workers on a fresh studio; before the fix 6 of 60 such opens, in 15 rounds, failed)."""
+    import time
+
+    code = ("import sys, time; from loracam.studio.store import JobStore; t = float(sys.argv[2])\n"
+            "while time.time() < t: pass\n"  # all start together
+            "try:\n    JobStore(sys.argv[1]).close(); print('ok')\nexcept Exception as e: print('ERR', e)")
+    for i in range(8):  # a fresh folder each round: the race is in making the store
+        start = time.time() + 0.4
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"s{i}"), str(start)],
+                                  stdout=subprocess.PIPE, text=True) for _ in range(4)]
+        outs = [p.communicate(timeout=60)[0].strip() for p in procs]
+        assert outs == ["ok"] * 4, outs

@@ -144,14 +144,33 @@ class JobStore:
         self.studio = Path(studio)
         self.studio.mkdir(parents=True, exist_ok=True)
         self.path = self.studio / DB_NAME
-        try:
-            self.db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            self.db.execute(f"PRAGMA journal_mode={journal_mode(self.studio)}")
-            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a killed process
-            self.db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise LoracamError(f"{self.path} is not a loracam job store ({exc}); use another --studio folder") from None
+        self.db = self._open(deadline=time.monotonic() + 30.0)
         self._check_version()
+
+    def _open(self, deadline: float) -> sqlite3.Connection:
+        """Connect, set the journal and make the tables. Processes that open a new store at once (two workers
+        started together, the web server and its worker) find it locked while one of them switches it to WAL:
+        SQLite answers that at once, without its busy wait, so it is waited for here."""
+        while True:
+            db = None
+            try:
+                db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+                db.execute(f"PRAGMA journal_mode={journal_mode(self.studio)}")
+                db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a killed process
+                db.executescript(_SCHEMA)
+                return db
+            except sqlite3.OperationalError as exc:
+                if db is not None:
+                    db.close()
+                if "locked" in str(exc) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                raise LoracamError(f"{self.path} could not be opened ({exc}); is another program holding it? "
+                                   "Try again, or use another --studio folder") from None
+            except sqlite3.DatabaseError as exc:
+                if db is not None:
+                    db.close()
+                raise LoracamError(f"{self.path} is not a loracam job store ({exc}); use another --studio folder") from None
 
     def _check_version(self) -> None:
         row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
