@@ -222,6 +222,8 @@ def _the_hobbyist_pages(c, studio: Path, photos):
     jobs = c.predict(api_name="/jobs")
     assert {r[1] for r in jobs} == {"portrait", "train", "generate", "grid", "tune"}
     assert all(r[2] == "done" for r in jobs) and len(jobs) == 5  # the refused tune made no job
+    page = Handlers(WebConfig(studio)).jobs(requests=False)  # the Jobs page, its "show requests" box unticked
+    assert {r[1] for r in page} == {"portrait", "train"}
 
 
 def test_the_library_lists_base_models_by_their_tensors(tmp_path):

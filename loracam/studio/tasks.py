@@ -21,6 +21,7 @@ from loracam.errors import LoracamError
 from loracam.io import atomic_write_bytes
 
 TASKS = ("generate", "grid", "tune", "train-dataset")
+REQUESTS = ("generate", "grid", "tune")  # what the web pages ask for interactively (the Jobs page hides them)
 DONE = ".done"  # in a command's folder once all its files are written
 
 

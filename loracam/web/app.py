@@ -140,7 +140,8 @@ def train_page(h: Handlers) -> Watch:
 
 def jobs_page(h: Handlers):
     with gr.Tab("Jobs", id="jobs"):
-        table = gr.Dataframe(headers=views.JOB_COLUMNS, value=h.jobs(), interactive=False, elem_id="jobs-table")
+        requests = gr.Checkbox(False, label="Show the Generate, Grid and Tune requests too", elem_id="jobs-requests")
+        table = gr.Dataframe(headers=views.JOB_COLUMNS, value=h.jobs(False), interactive=False, elem_id="jobs-table")
         with gr.Row():
             picked = gr.Dropdown(h.job_names(), label="Job")
             cancel = gr.Button("Cancel")
@@ -148,7 +149,8 @@ def jobs_page(h: Handlers):
         said = gr.Markdown()
     cancel.click(user_errors(h.cancel), picked, said, api_name="cancel")
     resume.click(user_errors(h.resume), picked, said, api_name="resume")
-    return table, picked
+    requests.change(lambda r: h.jobs(r), requests, table, api_visibility="private")
+    return table, picked, requests
 
 
 def build_app(cfg: WebConfig) -> gr.Blocks:
@@ -161,7 +163,7 @@ def build_app(cfg: WebConfig) -> gr.Blocks:
         with gr.Tabs() as tabs:
             studio = studio_page(h)
             train = train_page(h)
-            table, picked = jobs_page(h)
+            table, picked, requests = jobs_page(h)
             gen = pages.generate_page(h)
             pages.grid_page(h, gen, tabs)
             pages.tune_page(h)
@@ -169,7 +171,7 @@ def build_app(cfg: WebConfig) -> gr.Blocks:
 
         # the pages follow the store: the watched jobs and the queue, every refresh_seconds
         timer = gr.Timer(cfg.refresh_seconds)
-        timer.tick(lambda a, b: (*studio.show(a), *train.show(b), h.jobs()), [studio.pick, train.pick],
+        timer.tick(lambda a, b, r: (*studio.show(a), *train.show(b), h.jobs(r)), [studio.pick, train.pick, requests],
                    [*studio.outputs, *train.outputs, table], api_visibility="private", show_progress="hidden")
         _api(h)
         app.load(lambda: (studio.choices(), train.choices(), gr.update(choices=h.job_names())), None,

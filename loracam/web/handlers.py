@@ -134,9 +134,9 @@ class Handlers:
 
     # -- jobs ------------------------------------------------------------------------------------------------
 
-    def jobs(self) -> list[list]:
+    def jobs(self, requests: bool = True) -> list[list]:
         with self.store() as store:
-            return views.jobs_table(store)
+            return views.jobs_table(store, requests)
 
     def job_names(self, kinds: tuple[str, ...] | None = None) -> list[str]:
         """Newest first, as the Jobs table lists them (without reading every job's steps)."""

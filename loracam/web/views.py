@@ -16,11 +16,16 @@ from loracam.studio.store import JobStore
 JOB_COLUMNS = ["job", "kind", "status", "steps", "now", "worker", "updated", "message"]
 
 
-def jobs_table(store: JobStore) -> list[list]:
-    """One row a job, newest first: what the Jobs page lists."""
+def jobs_table(store: JobStore, requests: bool = True) -> list[list]:
+    """One row a job, newest first: what the Jobs page lists (without the pages' Generate, Grid and Tune
+    requests unless ``requests``: a click each, they would bury the studio's jobs)."""
+    from loracam.studio.tasks import REQUESTS
+
     queued = set(store.queued())
     rows = []
     for job in reversed(store.jobs()):
+        if not requests and job.kind in REQUESTS:
+            continue
         steps = store.steps(job.name)
         done = sum(s.status == "done" for s in steps)
         now = next((s.name for s in steps if s.status == "running"), "")
