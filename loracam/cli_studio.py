@@ -185,11 +185,11 @@ def status(name: str = typer.Argument(...), studio: Path = typer.Option(Path("st
     job = store.job(name)
     typer.echo(f"{job.name}: {job.kind} job, {job.status}" + (f" ({job.message})" if job.message else ""))
     typer.echo(f"folder: {job.folder}")
-    workers = [m for _, kind, m in store.events(name) if kind == "worker"]
+    worker = store.last_event(name, "worker")
     if job.status == "running" and job.owner:
-        typer.echo(f"worker: {workers[-1] if workers else job.owner}")
-    elif workers:
-        typer.echo(f"last worker: {workers[-1]}")
+        typer.echo(f"worker: {worker or job.owner}")
+    elif worker:
+        typer.echo(f"last worker: {worker}")
     for s in store.steps(name):
         took = f"{s.detail.get('seconds')} s" if s.detail.get("seconds") is not None else ""
         err = f"  {s.detail['error']}" if s.detail.get("error") else ""

@@ -276,7 +276,7 @@ class JobStore:
             return f"job {name!r} is already {job.status}"
         self.set_status(name, "cancelled", "cancelled by the user")
         self.event(name, "cancelled", "cancelled by the user")
-        running = job.owner and job.lease_until and job.lease_until > time.time() and _owner_alive(job.owner)
+        running = not dead_owner(job)
         return (f"job {name!r} cancelled; its process ({job.owner}) stops at its next step boundary" if running
                 else f"job {name!r} cancelled")
 
@@ -314,8 +314,7 @@ class JobStore:
             if job.status in ("done", "cancelled"):
                 self.dequeue(name)
                 continue
-            if job.status == "running" and job.owner and job.lease_until and job.lease_until > now \
-                    and _owner_alive(job.owner) and job.owner != me():
+            if job.status == "running" and not dead_owner(job, now) and job.owner != me():
                 continue
             return name
         return None
@@ -348,6 +347,12 @@ class JobStore:
     def event(self, name: str, kind: str, message: str) -> None:
         with self._tx() as db:
             db.execute("INSERT INTO events (job, time, kind, message) VALUES (?,?,?,?)", (name, time.time(), kind, message))
+
+    def last_event(self, name: str, kind: str) -> str | None:
+        """The newest message of one kind of event (e.g. "worker": who runs or ran the job), or None."""
+        row = self.db.execute("SELECT message FROM events WHERE job=? AND kind=? ORDER BY id DESC LIMIT 1",
+                              (name, kind)).fetchone()
+        return row[0] if row else None
 
     def events(self, name: str, last: int | None = None) -> list[tuple[float, str, str]]:
         rows = list(self.db.execute("SELECT time, kind, message FROM events WHERE job=? ORDER BY id", (name,)))

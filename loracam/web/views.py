@@ -38,8 +38,8 @@ def jobs_table(store: JobStore, requests: bool = True) -> list[list]:
 
 def _runner(store: JobStore, job) -> str:
     """Who runs a job: the Celery worker's name when a worker took it (its "worker" event), else host:pid."""
-    named = [m for _, kind, m in store.events(job.name) if kind == "worker"]
-    return named[-1].removeprefix("run by ") if named else job.owner
+    named = store.last_event(job.name, "worker")
+    return named.removeprefix("run by ") if named else job.owner
 
 
 @dataclass
