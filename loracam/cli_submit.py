@@ -28,15 +28,11 @@ def sent_to_workers(kind: str, args: dict, studio: Path, broker: Optional[str]) 
     url = broker_url(broker)
     if not url:
         return False
-    from loracam.studio.job import create_job
     from loracam.studio.store import JobStore
-    from loracam.studio.tasks import TaskConfig, task_name
-    from loracam.workers.submit import enqueue
+    from loracam.workers.submit import submit_task
 
     store = JobStore(studio)
-    name = task_name(kind)
-    create_job(store, TaskConfig(name=name, kind=kind, args=args))
-    enqueue(store, name, url)
+    name = submit_task(store, kind, args, url)
     typer.echo(f"sent {kind} job {name!r} to the workers on {url}; its files: {store.studio.resolve() / name}; "
                f"`loracam studio status {name} --studio {studio}` follows it")
     return True

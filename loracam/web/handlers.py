@@ -124,13 +124,9 @@ class Handlers:
         return final
 
     def _queue(self, store: JobStore, name: str) -> None:
-        """Queue a job for the studio's worker, or send it to the Celery workers when there is a broker."""
-        if self.cfg.broker:
-            from loracam.workers.submit import enqueue
+        from loracam.workers.submit import queue_job
 
-            enqueue(store, name, self.cfg.broker)
-        else:
-            store.enqueue(name)
+        queue_job(store, name, self.cfg.broker)
 
     # -- jobs ------------------------------------------------------------------------------------------------
 
@@ -173,14 +169,10 @@ class Handlers:
 
     def submit(self, kind: str, args: dict) -> str:
         """Record one engine command as a job and queue it; returns the job's name."""
-        from loracam.studio.job import create_job
-        from loracam.studio.tasks import TaskConfig, task_name
+        from loracam.workers.submit import submit_task
 
-        name = task_name(kind)
         with self.store() as store:
-            create_job(store, TaskConfig(name=name, kind=kind, args=args))
-            self._queue(store, name)
-        return name
+            return submit_task(store, kind, args, self.cfg.broker)
 
     def follow(self, name: str, poll: float | None = None, timeout: float | None = None) -> Iterator[str]:
         """What the job is doing, once per poll, until it is done; a job that stopped raises its message."""

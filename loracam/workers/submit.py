@@ -1,4 +1,5 @@
-"""Submitting a job to the workers: record it in the store's queue (the truth), then tell the broker."""
+"""Submitting a job: record it in the store's queue (the truth), then, when there is a broker, tell it (the
+Celery workers run it); without one the studio's own worker takes it from the store."""
 
 from __future__ import annotations
 
@@ -32,3 +33,22 @@ def enqueue(store, name: str, broker: str) -> None:
                            f"{store.studio}: start Redis, then `loracam studio resume {name} --broker {broker}` "
                            "sends it") from None
     store.event(name, "sent", f"sent to the workers on {broker}")
+
+
+def queue_job(store, name: str, broker: str | None) -> None:
+    """Queue a recorded job for the studio's worker, or send it to the Celery workers when there is a broker."""
+    if broker:
+        enqueue(store, name, broker)
+    else:
+        store.enqueue(name)
+
+
+def submit_task(store, kind: str, args: dict, broker: str | None) -> str:
+    """One engine command (loracam/studio/tasks.py) as a new job, queued or sent; returns the job's name."""
+    from loracam.studio.job import create_job
+    from loracam.studio.tasks import TaskConfig, task_name
+
+    name = task_name(kind)
+    create_job(store, TaskConfig(name=name, kind=kind, args=args))
+    queue_job(store, name, broker)
+    return name
