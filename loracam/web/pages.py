@@ -32,7 +32,13 @@ class GenFields:
     height: gr.Number
 
     def params(self) -> list:
+        """What a PNG's infotext fills."""
         return [getattr(self, n) for n in PARAMS]
+
+    def request(self) -> list:
+        """Every field of the request, in _request's order."""
+        return [self.prompt, self.negative, self.base, self.sampler, self.steps, self.cfg_scale, self.seed,
+                self.width, self.height]
 
 
 def request_fields(h: Handlers, prompt: str, elem: str) -> GenFields:
@@ -101,8 +107,7 @@ def generate_page(h: Handlers) -> GenFields:
         shown, text = h.generated(name)
         yield shown, text, f"job `{name}`: done"
 
-    go.click(user_errors(run), [f.prompt, f.negative, f.base, f.sampler, f.steps, f.cfg_scale, f.seed, f.width,
-                                f.height, batch], [images, infotext, status], api_name="generate",
+    go.click(user_errors(run), [*f.request(), batch], [images, infotext, status], api_name="generate",
              concurrency_limit=None)
 
     def load_png(path):
@@ -152,7 +157,7 @@ def grid_page(h: Handlers, gen: GenFields, tabs: gr.Tabs) -> None:
         grid, cell_list = h.grid_result(name)
         yield grid, cell_list, [p for p, _ in cell_list], f"job `{name}`: done, {len(cell_list)} cells"
 
-    go.click(user_errors(run), [*_fields(f), *axes, seed_row], [picture, cells, cell_files, status], api_name="grid",
+    go.click(user_errors(run), [*f.request(), *axes, seed_row], [picture, cells, cell_files, status], api_name="grid",
              concurrency_limit=None)
 
     def select(evt: gr.SelectData, files):
@@ -165,10 +170,6 @@ def grid_page(h: Handlers, gen: GenFields, tabs: gr.Tabs) -> None:
 
     send.click(user_errors(lambda path: (*h.cell_params(path), gr.Tabs(selected="generate"))), picked,
                [*gen.params(), tabs], api_visibility="private")
-
-
-def _fields(f: GenFields) -> list:
-    return [f.prompt, f.negative, f.base, f.sampler, f.steps, f.cfg_scale, f.seed, f.width, f.height]
 
 
 def tune_page(h: Handlers) -> None:
