@@ -2,7 +2,7 @@
 (studio and train jobs, and the web UI's generate, grid and tune requests: loracam/studio/tasks.py), with one
 model cache for all of them, so the base stays loaded from one job to the next.
 
-The web UI (and ``loracam studio submit``) only record a job and put it in the store's queue; this process
+The web UI (and ``loracam studio run --queue``) only record a job and put it in the store's queue; this process
 runs it. So a job outlives the process that asked for it: kill the web server, and the worker goes on; kill
 the worker too, and the next one (``loracam web`` starts one when none is running) takes the job over at
 once (its owner is a dead process of this host, the store's lease rule) and resumes it from its first

@@ -7,7 +7,7 @@ Celery's settings for long GPU jobs (shared/docs/finish.md s7), each for a reaso
   leaves it to the broker instead of losing it.
 - visibility timeout long (a day): Redis gives an unacknowledged message to another worker after it, and a job
   of hours must not be handed out again while it runs. A killed worker's job is not left waiting that long:
-  every worker's reaper (loracam/workers/reaper.py) sees its lease expire in the job store (seconds) and sends
+  every worker's reaper (loracam/workers/worker.py) sees its lease expire in the job store (seconds) and sends
   it again; the message Redis hands out later finds the job done and is dropped.
 - The job store's lease, not Celery, decides who runs a job: a message for a job another live worker holds is
   dropped (it never runs on two workers at once), one for a finished or cancelled job too. A duplicate message
