@@ -149,11 +149,78 @@ def test_a_cancel_reaches_a_training_step_through_the_heartbeat(tmp_path):
     deadline = time.time() + 60
     while (not log.is_file() or '"step"' not in log.read_text()) and time.time() < deadline:
         time.sleep(0.05)
-    asked = time.time()
+    at_cancel = max(json.loads(line)["step"] for line in log.read_text().splitlines() if '"event": "step"' in line)
     store.cancel("long")
-    t.join(timeout=30)
+    t.join(timeout=60)
     assert not t.is_alive() and raised, "the cancel did not stop the training step"
-    assert time.time() - asked < 10  # a few training steps, not the 2000
     assert store.job("long").status == "cancelled"
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if '"event": "step"' in line]
-    assert steps[-1] < 2000 and list((log.parent / "long.state").glob("step-*.pt"))  # stopped with a checkpoint
+    # a few steps after the cancel, not the 2000: counted in steps, not seconds, so a loaded machine (which slows
+    # the heartbeat and the training alike) does not fail it (it took 17 s beside two busy loops, 2 s quiet)
+    assert steps[-1] - at_cancel < 200, (at_cancel, steps[-1])
+    assert list((log.parent / "long.state").glob("step-*.pt"))  # stopped with a checkpoint
+
+
+def _finished_or_cancelled_meanwhile(monkeypatch, tmp_path, meanwhile):
+    """A second message for a job (the reapers' resends are duplicates by design) reaches a worker that reads the
+    job as waiting; before it takes the lease, ``meanwhile`` changes the job from another process's connection.
+    check_inputs is the call between the worker's read and its lease, so the change lands there."""
+    import loracam.studio.job as job_module
+
+    store = JobStore(tmp_path / "studio")
+    args = {"request": to_dict(_small_request()), "axes": ["CFG Scale=3,7"], "options": {}}
+    create_job(store, TaskConfig(name="g", kind="grid", args=args))
+    store.enqueue("g")
+    original = job_module.check_inputs
+    calls = []
+
+    def racing(s, name, accept_changes=False):
+        if not calls:
+            calls.append(name)
+            other = JobStore(tmp_path / "studio")
+            meanwhile(other)
+            other.close()
+        return original(s, name, accept_changes)
+
+    monkeypatch.setattr(job_module, "check_inputs", racing)
+    return store
+
+
+def _small_request():
+    from loracam.generate import GenRequest
+
+    return GenRequest(prompt="1girl, upper body", seed=3, steps=2, cfg=5.0)
+
+
+def test_a_job_finished_by_another_worker_after_the_look_is_not_taken_again(tmp_path, monkeypatch):
+    from loracam.models import ModelCache
+
+    models = ModelCache()
+
+    def finish(other):  # the first worker runs it to the end in the meantime
+        run_job(other, "g", echo=lambda s: None, models=models, who="w1@test")
+
+    store = _finished_or_cancelled_meanwhile(monkeypatch, tmp_path, finish)
+    said = []
+    run_job(store, "g", echo=said.append, models=models, who="w2@test")
+    workers = [m for _, kind, m in store.events("g") if kind == "worker"]
+    assert len(workers) == 1 and "w1@test" in workers[0], workers  # w2 never held it
+    assert store.job("g").status == "done" and store.job("g").owner is None
+    assert sum(kind == "step" for _, kind, _ in store.events("g")) == 1
+    assert any("already done" in s for s in said), said
+
+
+def test_a_job_cancelled_after_the_look_stays_cancelled_and_runs_nothing(tmp_path, monkeypatch):
+    from loracam.models import ModelCache
+    from loracam.studio.store import Cancelled
+
+    store = _finished_or_cancelled_meanwhile(monkeypatch, tmp_path, lambda other: other.cancel("g"))
+    with pytest.raises(Cancelled, match="cancelled"):
+        run_job(store, "g", echo=lambda s: None, models=ModelCache(), who="w2@test")
+    assert store.job("g").status == "cancelled" and store.job("g").owner is None
+    assert store.steps("g")[0].status == "pending" and not list((tmp_path / "studio" / "g").rglob("*.png"))
+    assert not any(kind == "worker" for _, kind, _ in store.events("g"))
+    # an explicit resume still runs it: the user's own `studio resume g` reads it as cancelled and means it
+    store.enqueue("g")
+    run_job(store, "g", echo=lambda s: None, models=ModelCache())
+    assert store.job("g").status == "done"

@@ -22,7 +22,7 @@ from loracam.errors import LoracamError
 from loracam.io import DiskFull
 from loracam.studio.inputs import base_fingerprint, photo_changes, photos_fingerprint
 from loracam.studio.heartbeat import Heartbeat, StepControl
-from loracam.studio.store import LEASE_SECONDS, Cancelled, JobStore
+from loracam.studio.store import LEASE_SECONDS, Cancelled, Finished, JobStore
 
 JOB_VERSION = 1  # the layout of a job's config and folder; a newer one is refused, not guessed at
 Echo = Callable[[str], None]
@@ -254,7 +254,13 @@ def run_job(store: JobStore, name: str, echo: Echo = print, accept_changes: bool
         echo(f"job {name!r} is already done: {gallery if gallery.is_file() else job.folder}")
         return job.folder
     changes = check_inputs(store, name, accept_changes)
-    lease = store.acquire(name, seconds=lease_seconds)
+    try:
+        # a worker (``who``) runs jobs from the queue and never a cancelled one (the user's resume queues it
+        # again first); the user's own resume of a job it read as cancelled means to run it
+        lease = store.acquire(name, seconds=lease_seconds, resume_cancelled=not who and job.status == "cancelled")
+    except Finished:  # finished by another worker between the look above and the lease
+        echo(f"job {name!r} is already done (finished by another worker meanwhile): {job.folder}")
+        return job.folder
     if who:  # a worker: `studio status` and the Jobs page say which one runs the job
         store.event(name, "worker", f"run by {who} ({lease.owner})")
     for change in changes:

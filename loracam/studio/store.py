@@ -234,15 +234,27 @@ class JobStore:
 
     # -- the lease ----------------------------------------------------------------------------------
 
-    def acquire(self, name: str, owner: str | None = None, seconds: float = LEASE_SECONDS) -> "Lease":
-        """Take the job's lease or raise: another live process runs it."""
+    def acquire(self, name: str, owner: str | None = None, seconds: float = LEASE_SECONDS,
+                resume_cancelled: bool = False) -> "Lease":
+        """Take the job's lease or raise: another live process runs it (Held), it is done (Finished), or it is
+        cancelled and the caller did not ask to resume a cancelled job (Cancelled).
+
+        The status is read in the lease's own transaction: a caller that looked at the job a moment before
+        (a worker given a duplicate message: the reapers' resends are duplicates by design) may find it
+        finished or cancelled by then, and taking the lease anyway would mark a done job running again or
+        undo the user's cancel."""
         owner = owner or me()
         now = time.time()
         with self._tx() as db:
-            row = db.execute("SELECT owner, lease_until FROM jobs WHERE name=?", (name,)).fetchone()
+            row = db.execute("SELECT owner, lease_until, status FROM jobs WHERE name=?", (name,)).fetchone()
             if row is None:
                 raise LoracamError(f"no job named {name!r} in {self.studio}")
-            held, until = row
+            held, until, status = row
+            if status == "done":
+                raise Finished(f"job {name!r} is already done")
+            if status == "cancelled" and not resume_cancelled:
+                raise Cancelled(f"job {name!r} was cancelled before this process took it; "
+                                f"`loracam studio resume {name}` runs it again")
             if held and held != owner and until and until > now and _owner_alive(held):
                 raise Held(
                     f"job {name!r} is being run by another process ({held}, lease until "
@@ -361,6 +373,10 @@ class JobStore:
 
 class Held(LoracamError):
     """Another live process holds the job's lease: it runs the job (a worker skips it)."""
+
+
+class Finished(LoracamError):
+    """The job was done by the time its lease was asked for (another worker finished it meanwhile)."""
 
 
 class Cancelled(LoracamError):
