@@ -75,8 +75,12 @@ toy-locator: setup
 toy-controlnet: setup
 	$(PY) -m loracam.toy.controlnet --force
 
+# Two test processes (pytest-xdist), whole files each (a file's module fixtures are made once): the process-level
+# tests (web, workers, browser) mostly wait on their servers, and the other process computes meanwhile (681 s in
+# one process, 401 s in two on 2 cores). tests/conftest.py gives each process, and what it starts, one thread.
+TEST_JOBS ?= 2
 test: setup system-tools
-	$(PY) -m pytest -q --durations=10
+	$(PY) -m pytest -q --durations=10 -n $(TEST_JOBS) --dist loadfile
 
 # nga_sweep is left out: a study of ~15 min per variant, run by name (benchmarks/README.md);
 # gpu_suite too: it measures a CUDA GPU (make gpu-suite)

@@ -15,7 +15,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # LORACAM_TEST_THREADS=1 when another process keeps a core busy: two threads that wait on a taken core spin
 # and run ~100x slower (measured: a 0.2 s tiny render took 27 s next to a training process)
-torch.set_num_threads(int(os.environ.get("LORACAM_TEST_THREADS", 0)) or max(1, min(2, os.cpu_count() or 1)))
+# and one thread in each pytest-xdist process (`make test` runs two: each keeps one core busy), and so in every
+# process a test starts (the CLI, the web server, workers): two threads there beside the other test process
+# made the demo test 5x slower (189 s against 36 s)
+_xdist = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+if _xdist and int(_xdist) >= (os.cpu_count() or 1):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ.get("LORACAM_TEST_THREADS", 0))
+                      or max(1, min(2, (os.cpu_count() or 1) // (int(_xdist) if _xdist else 1))))
 
 _real_connect = socket.socket.connect
 
