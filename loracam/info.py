@@ -24,13 +24,20 @@ def describe(path: Path, hash_cache: HashCache) -> dict:
 
 def _describe_safetensors(path: Path, hash_cache: HashCache) -> dict:
     from loracam.lora import read_lora
-    from loracam.models.loader import checkpoint_keys, detect_checkpoint_family
+    from loracam.models.families import family_of_checkpoint
+    from loracam.models.loader import checkpoint_family, checkpoint_keys
 
     keys = checkpoint_keys(path, allow_pickle=False)
-    if any(k.startswith("model.diffusion_model.") for k in keys):
-        family = detect_checkpoint_family(keys, path.name)
+    if family_of_checkpoint(keys) or any(k.startswith("model.diffusion_model.") for k in keys):
+        try:
+            family, usable = checkpoint_family(keys, path.name), "yes"
+        except LoracamError as exc:  # a file of a family loracam does not run (yet) is described, with why
+            family, usable = family_of_checkpoint(keys), f"no: {exc}"
+            if family is None:
+                raise
         sha = hash_cache.sha256(path)
-        return {"kind": "checkpoint", "family": family, "tensors": len(keys), "sha256": sha, "hash": sha[:10]}
+        return {"kind": "checkpoint", "family": family.name, "family_name": family.short, "usable": usable,
+                "tensors": len(keys), "sha256": sha, "hash": sha[:10]}
     if any(k.startswith("control_model.") for k in keys) or "controlnet_cond_embedding.conv_in.weight" in keys:
         return _describe_controlnet(path, keys)
     lora = read_lora(path)

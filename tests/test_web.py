@@ -233,16 +233,23 @@ def test_the_library_lists_base_models_by_their_tensors(tmp_path):
 
     import numpy as np
 
+    z = np.zeros(1, np.float32)
     one = {"model.diffusion_model.input_blocks.0.0.weight": np.zeros((2, 2), np.float32)}
     save_file(one, str(tmp_path / "sd15.safetensors"))
-    save_file({**one, "conditioner.embedders.0.x": np.zeros(1, np.float32)}, str(tmp_path / "xl.safetensors"))
-    save_file({"lora_unet_x.lora_down.weight": np.zeros(1, np.float32)}, str(tmp_path / "a-lora.safetensors"))
-    (tmp_path / "folder").mkdir()
-    (tmp_path / "folder" / "model_index.json").write_text("{}")
+    save_file({**one, "conditioner.embedders.0.x": z}, str(tmp_path / "xl.safetensors"))
+    # ComfyUI's split file of a FLUX.1 transformer: no model.diffusion_model. prefix, still a base to list
+    save_file({"double_blocks.0.img_attn.norm.key_norm.scale": z}, str(tmp_path / "flux1-dev.safetensors"))
+    save_file({"lora_unet_x.lora_down.weight": z}, str(tmp_path / "a-lora.safetensors"))
+    save_file({"encoder.conv_in.weight": z}, str(tmp_path / "a-vae.safetensors"))
+    for name, pipeline in (("folder", "StableDiffusionPipeline"), ("xl-folder", "StableDiffusionXLPipeline")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model_index.json").write_text(f'{{"_class_name": "{pipeline}"}}')
     rows = {r[0]: r for r in views.base_rows([tmp_path])}
-    assert set(rows) == {"toy", "sd15", "xl", "folder"}  # a LoRA is not a base
-    assert rows["sd15"][1] == "sd1" and rows["folder"][1] == "diffusers folder"
-    assert rows["xl"][1].startswith("not usable") and "SDXL" in rows["xl"][1]
+    assert set(rows) == {"toy", "sd15", "xl", "flux1-dev", "folder", "xl-folder"}  # a LoRA, a VAE are no bases
+    assert rows["sd15"][1] == "SD1.x" and rows["folder"][1] == "SD1.x (diffusers folder)"
+    for name, family in (("xl", "SDXL"), ("xl-folder", "SDXL"), ("flux1-dev", "FLUX.1")):
+        assert rows[name][1].startswith("not usable") and f"is a{'n' if family == 'SDXL' else ''} {family} model" in \
+            rows[name][1], rows[name]
 
 
 def test_a_wrong_password_and_an_oversize_upload_are_refused(server, photos, tmp_path):

@@ -22,8 +22,8 @@ from torch import nn
 from loracam.errors import LoracamError
 from loracam.lora.formats import LoraFile, LoraModule
 from loracam.lora.naming import model_modules
+from loracam.models.families import FAMILIES, short_name
 
-FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
 COMPONENTS = ("te", "unet")
 SHOWN = 5  # how many offending keys an error message lists
 
@@ -251,9 +251,13 @@ def _check_family(lora: LoraFile, base_family: str) -> None:
     if lora.family in ("unknown", base_family):
         return
     raise LoracamError(
-        f"{lora.path.name} is an {FAMILY_NAMES.get(lora.family, lora.family)} LoRA; the base model is "
-        f"{FAMILY_NAMES.get(base_family, base_family)}. Use a LoRA made for this base, or switch the base"
+        f"{lora.path.name} is {_article(lora.family)} {short_name(lora.family)} LoRA; the base model is "
+        f"{short_name(base_family)}. Use a LoRA made for this base, or switch the base"
     )
+
+
+def _article(family: str) -> str:
+    return "an" if short_name(family)[:1] in "SAEIOU" else "a"  # an SDXL, a FLUX.1, a Z-Image
 
 
 def _fit(m: LoraModule, module: nn.Module) -> LoraModule | None:
@@ -292,4 +296,4 @@ def _listing(items: list[str]) -> str:
 
 
 def _family_text(family: str) -> str:
-    return FAMILY_NAMES.get(family, "a model of another size")
+    return short_name(family) if family in FAMILIES else "a model of another size"

@@ -248,20 +248,14 @@ PARSERS: dict[str, Callable[[Tensors, Mapping[str, str], str], list[RawModule]]]
 _SDXL_UNET = re.compile(r"^(input_blocks|middle_block|output_blocks|label_emb|add_embedding)|transformer_blocks_[1-9]")
 _CROSS_KV = re.compile(r"attn2_to_[kv]$")
 _TE_ATTN = re.compile(r"self_attn_[qkv]_proj$")
-_META_FAMILY = (("sdxl", "sdxl"), ("stable-diffusion-xl", "sdxl"), ("sd_v2", "sd2"), ("stable-diffusion-v2", "sd2"),
-                ("sd_v1", "sd1"), ("stable-diffusion-v1", "sd1"))
 _WIDTH_FAMILY = {1024: "sd2", 2048: "sdxl", 1280: "sdxl"}
 
 
 def _family_from_metadata(metadata: Mapping[str, str]) -> str | None:
-    if metadata.get("ss_v2", "").lower() == "true":
-        return "sd2"
-    for key in ("ss_base_model_version", "modelspec.architecture"):
-        value = metadata.get(key, "").lower()
-        for marker, family in _META_FAMILY:
-            if value.startswith(marker):
-                return family
-    return None
+    from loracam.models.families import family_of_metadata
+
+    family = family_of_metadata(metadata)
+    return family.name if family else None
 
 
 def _widths(records: list[RawModule]) -> list[int]:
@@ -276,7 +270,8 @@ def _widths(records: list[RawModule]) -> list[int]:
 
 
 def detect_family(records: list[RawModule], metadata: Mapping[str, str]) -> str:
-    """"sd1", "sd2", "sdxl" or "unknown": from SDXL-only names, kohya metadata, then layer widths."""
+    """A family of the table (loracam/models/families.py: "sd1", "sd2", "sdxl", ...) or "unknown": from
+    SDXL-only names, kohya/modelspec metadata, then layer widths."""
     if any(r.component == "te2" for r in records):
         return "sdxl"
     meta = _family_from_metadata(metadata)

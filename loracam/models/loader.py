@@ -25,6 +25,7 @@ import torch
 
 from loracam.errors import LoracamError
 from loracam.models.base import BaseModel
+from loracam.models.families import FAMILIES, Family, family_of_checkpoint, family_of_pipeline, require_supported
 from loracam.models.hashing import HashCache
 from loracam.models.tiny import SD15_DIR, sd15_config, sd15_configs, tiny_configs
 
@@ -182,17 +183,23 @@ def _pickle_dict(path: Path, allow_pickle: bool) -> dict:
     return sd
 
 
-def detect_checkpoint_family(keys: dict[str, tuple], name: str) -> str:
-    """Tell SD1.x from SDXL, SD2, LoRA files and non-SD files by their tensor names."""
-    if any(k.startswith(("lora_unet_", "lora_te")) or ".lora_down." in k for k in keys):
+def checkpoint_family(keys: dict[str, tuple], name: str) -> Family:
+    """The family of a checkpoint by its tensor names (the table's markers); a LoRA, a file of no family loracam
+    knows, or one of a family it does not run is a LoracamError that names it."""
+    if any(k.startswith(("lora_unet_", "lora_te")) or ".lora_down." in k or ".lora_A." in k for k in keys):
         raise LoracamError(f"{name} is a LoRA, not a base model: put it in --lora-dir and use <lora:NAME:W>")
-    if any(k.startswith("conditioner.embedders.") for k in keys):
-        raise LoracamError(f"{name} is an SDXL checkpoint; this version of loracam supports SD1.x bases only")
-    if any(k.startswith("cond_stage_model.model.") for k in keys):
-        raise LoracamError(f"{name} is an SD2.x checkpoint; this version of loracam supports SD1.x bases only")
-    if not any(k.startswith("model.diffusion_model.") for k in keys):
-        raise LoracamError(f"{name} is not a Stable Diffusion checkpoint (no model.diffusion_model.* weights)")
-    return "sd1"
+    family = family_of_checkpoint(keys)
+    if family is None:
+        if not any(k.startswith("model.diffusion_model.") for k in keys):
+            raise LoracamError(f"{name} is not a base model loracam knows (no SD U-Net or diffusion transformer "
+                               "weights in it); is it a VAE, a text encoder or an upscaler?")
+        family = FAMILIES["sd1"]  # an SD U-Net without SD1's markers: check_layout says what it lacks
+    return require_supported(family, name)
+
+
+def detect_checkpoint_family(keys: dict[str, tuple], name: str) -> str:
+    """The name of a checkpoint's family (``checkpoint_family``'s entry)."""
+    return checkpoint_family(keys, name).name
 
 
 def checkpoint_configs(path: Path, allow_pickle: bool = False) -> dict[str, dict] | None:
@@ -237,7 +244,7 @@ def _load_file(value: str, opts: LoadOptions) -> BaseModel:
 
     path = Path(value)
     keys = checkpoint_keys(path, opts.allow_pickle)
-    detect_checkpoint_family(keys, path.name)
+    checkpoint_family(keys, path.name)
     in_ch = keys.get("model.diffusion_model.input_blocks.0.0.weight", (0, 4))[1]
     configs = checkpoint_configs(path, opts.allow_pickle)
     check_layout(keys, configs, in_ch, path.name)
@@ -347,7 +354,22 @@ def _load_folder(value: str, opts: LoadOptions) -> BaseModel:
         if any(path.glob("*.safetensors")):
             hint = "; to use a checkpoint file in it, pass the file itself"
         raise LoracamError(f"{path} is not a diffusers model folder (no model_index.json){hint}")
+    folder_family(path)
     return _from_pretrained(str(path), path.name, opts, local_only=True)
+
+
+def folder_family(path: Path) -> Family:
+    """The family of a diffusers folder by its pipeline class; one loracam does not run is refused by name."""
+    try:
+        pipeline = json.loads((path / "model_index.json").read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise LoracamError(f"{path}/model_index.json could not be read ({exc}); the folder is damaged") from None
+    family = family_of_pipeline(pipeline)
+    if family is None:
+        raise LoracamError(f"{path} is a diffusers folder of a {pipeline or 'nameless'} pipeline, which loracam does "
+                           f"not know; it runs {', '.join(f.short for f in FAMILIES.values() if f.supported)} "
+                           "models")
+    return require_supported(family, path.name)
 
 
 def _load_hub(value: str, opts: LoadOptions) -> BaseModel:

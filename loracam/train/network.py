@@ -23,6 +23,7 @@ from torch import nn
 from loracam.errors import LoracamError
 from loracam.lora.formats import LoraModule
 from loracam.lora.naming import kohya_targets
+from loracam.models.families import FAMILIES
 
 ADAPTER = "loracam"  # the peft adapter name, distinct from "default" so a user's own adapters never collide
 COMPONENTS = ("unet", "te")
@@ -95,7 +96,7 @@ def lora_metadata(cfg: NetworkConfig) -> dict[str, str]:
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(cfg.dim),
         "ss_network_alpha": _num(cfg.alpha),
-        "ss_base_model_version": "sd_v1",
+        "ss_base_model_version": FAMILIES["sd1"].ss_base_model_version,  # the trainer's one family so far
         "ss_v2": "False",
     }
     if cfg.locon:

@@ -159,23 +159,28 @@ def base_rows(model_dirs: list[Path]) -> list[list]:
     """The base models Generate, Grid, Tune and Train can use: the built-in toy, then the checkpoints
     (.safetensors, read by header only: a 2-7 GB file is not hashed to be listed) and diffusers folders
     under the folders."""
-    from loracam.models.loader import checkpoint_keys, detect_checkpoint_family
+    from loracam.models.families import FAMILIES, family_of_checkpoint
+    from loracam.models.loader import checkpoint_keys, detect_checkpoint_family, folder_family
 
     rows = [["toy", "toy (built-in)", "", "toy"]]
     for d in model_dirs:
         for path in sorted(Path(d).rglob("*")):
             if path.is_dir() and (path / "model_index.json").is_file():
-                rows.append([path.name, "diffusers folder", "", str(path)])
+                try:
+                    family = f"{folder_family(path).short} (diffusers folder)"
+                except LoracamError as exc:
+                    family = f"not usable: {exc}"
+                rows.append([path.name, family, "", str(path)])
             elif path.is_file() and path.suffix.lower() == ".safetensors":
                 try:
                     keys = checkpoint_keys(path, allow_pickle=False)
                 except Exception as exc:  # listed with its reason, not hidden
                     rows.append([path.stem, f"unreadable: {exc}", "", str(path)])
                     continue
-                if any(k.startswith("model.diffusion_model.") for k in keys):
+                if family_of_checkpoint(keys) or any(k.startswith("model.diffusion_model.") for k in keys):
                     try:
-                        family = detect_checkpoint_family(keys, path.name)
-                    except LoracamError as exc:  # SDXL, SD2: shown, with why it cannot be used
+                        family = FAMILIES[detect_checkpoint_family(keys, path.name)].short
+                    except LoracamError as exc:  # SDXL, FLUX, ...: shown, with why it cannot be used (yet)
                         family = f"not usable: {exc}"
                     rows.append([path.stem, family, f"{path.stat().st_size / 2**30:.2f} GB", str(path)])
     return rows
