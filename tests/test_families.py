@@ -52,7 +52,10 @@ def test_the_table_is_whole():
         assert f.status in ("supported", "planned", "refused"), f.name
         assert f.supported or f.why, f"{f.name}: a family loracam does not run must say what to use instead"
         if f.supported:  # it loads offline from the configs loracam ships
-            assert f.config_dir and (configs / f.config_dir / "model_index.json").is_file(), f.name
+            assert f.config_dir, f.name
+        if f.config_dir:
+            index = json.loads((configs / f.config_dir / "model_index.json").read_text())
+            assert family_of_pipeline(index["_class_name"]) is f, f.name
         if f.ss_base_model_version:  # the metadata it writes reads back as the same family
             assert family_of_metadata({"ss_base_model_version": f.ss_base_model_version}).name == f.name
     assert family_of_pipeline("StableDiffusionXLPipeline").name == "sdxl" and family_of_pipeline("Nope") is None
@@ -76,30 +79,74 @@ def test_loras_and_non_models_are_told_apart_from_bases():
         checkpoint_family({"encoder.conv_in.weight": (1,)}, "a")
 
 
-def _tiny_sdxl_folder(path: Path) -> None:
-    """An SDXL diffusers folder of random weights at diffusers' own test sizes, built offline."""
+def _sdxl_parts(configs: dict, device: str | None = None) -> dict:
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from loracam.models import SD15_DIR
+    def te(cfg, cls):
+        return cls(CLIPTextConfig(**{k: v for k, v in cfg.items() if k != "architectures"}))
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
-        cross_attention_dim=64)
-    vae = AutoencoderKL(block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D"] * 2,
-                        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4)
-    te = CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                        vocab_size=49408, projection_dim=32)
-    tok = CLIPTokenizer.from_pretrained(SD15_DIR / "tokenizer")
-    StableDiffusionXLPipeline(vae=vae, text_encoder=CLIPTextModel(te), text_encoder_2=CLIPTextModelWithProjection(te),
-                              tokenizer=tok, tokenizer_2=tok, unet=unet,
-                              scheduler=EulerDiscreteScheduler(timestep_spacing="leading", steps_offset=1)
-                              ).save_pretrained(path)
+    with torch.device(device or "cpu"):  # "meta": shapes without memory
+        parts = {"unet": UNet2DConditionModel.from_config(configs["unet"]),
+                 "vae": AutoencoderKL.from_config(configs["vae"]),
+                 "text_encoder": te(configs["text_encoder"], CLIPTextModel),
+                 "text_encoder_2": te(configs["text_encoder_2"], CLIPTextModelWithProjection)}
+    return parts | {"scheduler": EulerDiscreteScheduler.from_config(configs["scheduler"])}
+
+
+def _tiny_sdxl_folder(path: Path) -> None:
+    """An SDXL diffusers folder of random weights at diffusers' own test sizes, built offline."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from loracam.models import SDXL_DIR, tiny_sdxl_configs
+    from loracam.models.tiny import clip_tokenizer
+
+    StableDiffusionXLPipeline(**_sdxl_parts(tiny_sdxl_configs()), tokenizer=clip_tokenizer(SDXL_DIR / "tokenizer"),
+                              tokenizer_2=clip_tokenizer(SDXL_DIR / "tokenizer_2")).save_pretrained(path)
+
+
+def test_the_shipped_sdxl_configs_build_sdxl_base_exactly():
+    """Parameter counts of stabilityai/stable-diffusion-xl-base-1.0's components, and sd-scripts' LoRA module
+    counts at its defaults (722 U-Net, 72 CLIP-L, 192 bigG: shared/docs/research/sdxl_flux.md s1.1), on the meta
+    device (no memory, half a second)."""
+    from loracam.lora.naming import kohya_targets
+    from loracam.models import sdxl_configs
+
+    parts = _sdxl_parts(sdxl_configs(), device="meta")
+    count = {name: sum(p.numel() for p in parts[name].parameters()) for name in ("unet", "vae", "text_encoder",
+                                                                                 "text_encoder_2")}
+    assert count == {"unet": 2_567_463_684, "vae": 83_653_863, "text_encoder": 123_060_480,
+                     "text_encoder_2": 694_659_840}
+    unet_only = len(kohya_targets(parts["unet"], None))
+    assert unet_only == 722
+    assert len(kohya_targets(parts["unet"], parts["text_encoder"])) - unet_only == 72
+    assert len(kohya_targets(parts["unet"], parts["text_encoder_2"])) - unet_only == 192
+    assert parts["vae"].config.scaling_factor == FAMILIES["sdxl"].latent.scale and parts["vae"].config.force_upcast
+
+
+def test_sdxls_two_tokenizers_share_clips_bpe_and_pad_differently():
+    from loracam.models import SDXL_DIR
+    from loracam.models.tiny import clip_tokenizer
+
+    one, two = clip_tokenizer(SDXL_DIR / "tokenizer"), clip_tokenizer(SDXL_DIR / "tokenizer_2")
+    ids = [t("a photo of sks", padding="max_length", max_length=77).input_ids for t in (one, two)]
+    assert ids[0][:6] == ids[1][:6] and ids[0][5] == 49407  # the same BPE: start, 4 tokens, end
+    assert ids[0][6:] == [49407] * 71 and ids[1][6:] == [0] * 71  # CLIP-L pads with its end token, bigG with "!"
+
+
+def test_the_tiny_sdxl_renders_in_diffusers_pipeline(tmp_path):
+    """random:tiny-sdxl's configs are consistent (context 32 + 32, added embedding 6 x 8 + 32): diffusers'
+    own SDXL pipeline renders with them."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    _tiny_sdxl_folder(tmp_path / "tiny-sdxl")
+    pipe = StableDiffusionXLPipeline.from_pretrained(tmp_path / "tiny-sdxl", local_files_only=True)
+    image = pipe("1girl", negative_prompt="lowres", num_inference_steps=2, height=64, width=64, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.shape == (64, 64, 3) and np.isfinite(image).all()
 
 
 def test_gen_on_an_sdxl_folder_or_a_flux_file_says_so_and_writes_nothing(tmp_path):

@@ -110,6 +110,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         file_prefixes=("conditioner.embedders.",),  # SGM's conditioner: SDXL's layout
         pipelines=("StableDiffusionXLPipeline", "StableDiffusionXLInpaintPipeline"),
         meta_markers=("sdxl", "stable-diffusion-xl"),
+        config_dir="sdxl",
         text_encoders=(TextEncoder("text_encoder", "clip-l", "lora_te1"),
                        TextEncoder("text_encoder_2", "openclip-bigg", "lora_te2")),
         latent=LatentFormat(4, 0.13025), default_size=(1024, 1024),
