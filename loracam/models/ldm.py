@@ -49,7 +49,7 @@ def _unet_modules(config, keys: set[str]) -> dict[str, tuple[str, dict | None]]:
     layers = config["layers_per_block"]
     n_blocks = len(config["block_out_channels"])
     if not isinstance(layers, int):
-        raise LoracamError("this U-Net has a per-block layer count (an SDXL-like layout); only SD1.x can be saved")
+        raise LoracamError("this U-Net has a per-block layer count; only SD1.x and SDXL layouts have LDM names")
     table: dict[str, tuple[str, dict | None]] = {
         "conv_in": ("input_blocks.0.0", None),
         "time_embedding.linear_1": ("time_embed.0", None),
@@ -60,6 +60,9 @@ def _unet_modules(config, keys: set[str]) -> dict[str, tuple[str, dict | None]]:
         "mid_block.attentions.0": ("middle_block.1", None),
         "mid_block.resnets.1": ("middle_block.2", _UNET_RESNET),
     }
+    if config.get("addition_embed_type") == "text_time":  # SDXL's pooled-text + size embedding (SGM's label_emb)
+        table["add_embedding.linear_1"] = ("label_emb.0.0", None)
+        table["add_embedding.linear_2"] = ("label_emb.0.2", None)
     # LDM numbers the input blocks flat: after conv_in (index 0) each level has `layers` blocks of
     # [resnet, attention?] and, except the last level, one more holding the downsampler.
     for b in range(n_blocks):
@@ -162,6 +165,15 @@ def unet_to_ldm(unet) -> dict[str, torch.Tensor]:
     """U-Net weights under ``model.diffusion_model.*``."""
     state = unet.state_dict()
     return _convert(state, _unet_modules(unet.config, set(state)), UNET_PREFIX, "U-Net")
+
+
+def unet_module_names(unet) -> dict[str, str]:
+    """Each U-Net layer's diffusers module path -> its LDM path (SGM's, for SDXL): the names A1111 single files
+    and sd-scripts' SDXL LoRAs use (``lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q``)."""
+    state = unet.state_dict()
+    table = _unet_modules(unet.config, set(state))
+    cut = len(".weight")
+    return {k[:-cut]: _rename(k, table, "U-Net")[:-cut] for k in state if k.endswith(".weight")}
 
 
 def vae_to_ldm(vae) -> dict[str, torch.Tensor]:
