@@ -137,8 +137,8 @@ def test_sdxls_two_tokenizers_share_clips_bpe_and_pad_differently():
 
 
 def test_the_tiny_sdxl_renders_in_diffusers_pipeline(tmp_path):
-    """random:tiny-sdxl's configs are consistent (context 32 + 32, added embedding 6 x 8 + 32): diffusers'
-    own SDXL pipeline renders with them."""
+    """The tiny SDXL configs are consistent (context 32 + 48, added embedding 6 x 8 + 48): diffusers' own SDXL
+    pipeline renders with them."""
     import torch
     from diffusers import StableDiffusionXLPipeline
 

@@ -44,3 +44,30 @@ def test_sd_scripts_sdxl_lora_names_of_kohyas_722_unet_targets():
         assert example in names, example
     assert all(n.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_"))
                for n in names)
+
+
+def test_an_sdxl_single_file_loracam_writes_is_read_back_by_diffusers_tensor_for_tensor(tmp_path):
+    """sdxl_to_ldm writes Stability's layout (U-Net, VAE, CLIP-L under conditioner.embedders.0, bigG under OpenCLIP
+    names in conditioner.embedders.1); diffusers' from_single_file, which reads civitai's SDXL files, gets back
+    every tensor of every component. The table recognises the file as SDXL."""
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import save_file
+
+    from loracam.models.families import family_of_checkpoint
+    from loracam.models.ldm import sdxl_to_ldm
+    from test_families import _tiny_sdxl_folder
+
+    _tiny_sdxl_folder(tmp_path / "tiny-sdxl")
+    pipe = StableDiffusionXLPipeline.from_pretrained(tmp_path / "tiny-sdxl", local_files_only=True)
+    state = sdxl_to_ldm(pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "tiny-sdxl.safetensors"))
+    assert family_of_checkpoint({k: () for k in state}).name == "sdxl"
+    back = StableDiffusionXLPipeline.from_single_file(str(tmp_path / "tiny-sdxl.safetensors"),
+                                                      config=str(tmp_path / "tiny-sdxl"), local_files_only=True)
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        want, got = getattr(pipe, part).state_dict(), getattr(back, part).state_dict()
+        want = {k: v for k, v in want.items() if not k.endswith("position_ids")}
+        got = {k: v for k, v in got.items() if not k.endswith("position_ids")}
+        assert want.keys() == got.keys(), (part, set(want) ^ set(got))
+        for key in want:
+            assert torch.equal(want[key], got[key]), (part, key)

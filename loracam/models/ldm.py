@@ -186,14 +186,15 @@ def vae_to_ldm(vae) -> dict[str, torch.Tensor]:
     return out
 
 
-def text_encoder_to_ldm(text_encoder) -> dict[str, torch.Tensor]:
-    """CLIP text encoder weights under ``cond_stage_model.transformer.text_model.*``."""
+def text_encoder_to_ldm(text_encoder, prefix: str = TE_PREFIX) -> dict[str, torch.Tensor]:
+    """CLIP text encoder weights under ``cond_stage_model.transformer.text_model.*`` (SDXL's CLIP-L: under
+    ``conditioner.embedders.0.transformer.``)."""
     out: dict[str, torch.Tensor] = {}
     for key, tensor in text_encoder.state_dict().items():
         # transformers >= 5.6 flattened CLIPTextModel (no ``text_model.`` level); older ones have it.
         inner = key if key.startswith("text_model.") else f"text_model.{key}"
-        out[TE_PREFIX + inner] = tensor
-    ids = TE_PREFIX + "text_model.embeddings.position_ids"
+        out[prefix + inner] = tensor
+    ids = prefix + "text_model.embeddings.position_ids"
     if ids not in out:
         # SD1.x checkpoints carry this buffer (int64 [1, 77]) and some loaders expect it; recent
         # transformers no longer saves it, so write the correct values.
@@ -231,6 +232,41 @@ def controlnet_from_ldm(state: dict[str, torch.Tensor], config) -> dict[str, tor
 def diffusers_to_ldm(unet, vae, text_encoder) -> dict[str, torch.Tensor]:
     """All weights of an SD1.x model under original-LDM names (tensors are shared, not copied)."""
     return unet_to_ldm(unet) | vae_to_ldm(vae) | text_encoder_to_ldm(text_encoder)
+
+
+SDXL_TE1_PREFIX = "conditioner.embedders.0.transformer."
+SDXL_TE2_PREFIX = "conditioner.embedders.1.model."
+# transformers' CLIP layer names -> OpenCLIP's, which SGM's FrozenOpenCLIPEmbedder2 (SDXL's bigG) is saved under
+_OPENCLIP = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+             "self_attn.out_proj": "attn.out_proj"}
+
+
+def openclip_text_to_sgm(text_encoder, prefix: str = SDXL_TE2_PREFIX) -> dict[str, torch.Tensor]:
+    """A CLIPTextModelWithProjection under OpenCLIP's names: q, k, v stacked into one in_proj, the position
+    embedding a bare parameter, the projection transposed (OpenCLIP multiplies x @ text_projection)."""
+    state = {k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()}
+    out = {prefix + "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
+           prefix + "positional_embedding": state.pop("embeddings.position_embedding.weight"),
+           prefix + "text_projection": state.pop("text_projection.weight").T.contiguous()}
+    state.pop("embeddings.position_ids", None)
+    for part in ("weight", "bias"):
+        out[f"{prefix}ln_final.{part}"] = state.pop(f"final_layer_norm.{part}")
+    for i in range(text_encoder.config.num_hidden_layers):
+        layer, block = f"encoder.layers.{i}.", f"{prefix}transformer.resblocks.{i}."
+        for part in ("weight", "bias"):
+            out[f"{block}attn.in_proj_{part}"] = torch.cat([state.pop(f"{layer}self_attn.{p}_proj.{part}")
+                                                             for p in "qkv"])
+            for hf, oc in _OPENCLIP.items():
+                out[f"{block}{oc}.{part}"] = state.pop(f"{layer}{hf}.{part}")
+    if state:  # every tensor must have a name in the file: a layer left out would be lost silently
+        raise LoracamError(f"text encoder tensors with no OpenCLIP name: {sorted(state)[:3]}")
+    return out
+
+
+def sdxl_to_ldm(unet, vae, text_encoder, text_encoder_2) -> dict[str, torch.Tensor]:
+    """All weights of an SDXL model under the names of Stability's single files (A1111, ComfyUI, civitai)."""
+    return (unet_to_ldm(unet) | vae_to_ldm(vae) | text_encoder_to_ldm(text_encoder, SDXL_TE1_PREFIX)
+            | openclip_text_to_sgm(text_encoder_2))
 
 
 def expected_ldm_shapes(configs: dict[str, dict]) -> dict[str, tuple[int, ...]]:

@@ -60,21 +60,24 @@ def sdxl_configs() -> dict[str, dict]:
 
 
 def tiny_sdxl_configs() -> dict[str, dict]:
-    """SDXL's structure (two CLIPs concatenated, pooled + size conditioning, 3 U-Net blocks with 1/2 transformer
-    layers) at diffusers' own test widths: 2048 -> 64 context, 2816 -> 6 x 8 + 32 added embedding."""
+    """SDXL's structure (two CLIPs of different widths concatenated, pooled + size conditioning, U-Net blocks
+    with 1 and 2 transformer layers) at small widths: context 32 + 48 = 80 (SDXL: 768 + 1280 = 2048), added
+    embedding 6 x 8 + 48 = 96 (SDXL: 6 x 256 + 1280 = 2816). The two encoders' widths differ, as in SDXL:
+    diffusers' single-file reader tells them apart by it."""
     full = sdxl_configs()
     te = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
           "projection_dim": 32}
+    te2 = te | {"hidden_size": 48, "intermediate_size": 64, "projection_dim": 48}
     unet = full["unet"] | {
         "block_out_channels": [32, 64], "layers_per_block": 1, "attention_head_dim": [2, 4],
         "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
         "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "transformer_layers_per_block": [1, 2],
-        "cross_attention_dim": 64, "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 80,
+        "cross_attention_dim": 80, "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 96,
         "norm_num_groups": 32, "sample_size": 16}
     vae = full["vae"] | {"block_out_channels": [32, 64], "down_block_types": ["DownEncoderBlock2D"] * 2,
                          "up_block_types": ["UpDecoderBlock2D"] * 2, "sample_size": 128}
     return {"unet": unet, "vae": vae, "text_encoder": full["text_encoder"] | te,
-            "text_encoder_2": full["text_encoder_2"] | te, "scheduler": full["scheduler"]}
+            "text_encoder_2": full["text_encoder_2"] | te2, "scheduler": full["scheduler"]}
 
 
 def clip_tokenizer(folder: Path):
