@@ -137,7 +137,7 @@ def test_alias_from_ss_output_name(base, tmp_path):
 
 
 @pytest.mark.parametrize("key, variant", [
-    ("lora_unet_down_blocks_0_attentions_0_proj_in.hada_w1_a", "LoHa"),
+    ("lora_unet_down_blocks_0_resnets_0_conv1.hada_t1", "Tucker"),
     ("lora_unet_down_blocks_0_attentions_0_proj_in.lokr_w1", "LoKr"),
     ("lora_unet_down_blocks_0_resnets_0_conv1.lora_mid.weight", "lora_mid"),
     ("lora_unet_down_blocks_0_attentions_0_proj_in.dora_scale", "DoRA"),
@@ -330,3 +330,62 @@ def test_random_lora_on_full_sd15_has_kohyas_264_modules(tmp_path):
     assert tuple(locon["lora_unet_down_blocks_0_resnets_0_conv1"].down.shape) == (4, 320, 3, 3)
     assert "lora_unet_down_blocks_2_downsamplers_0_conv" in locon
     assert "lora_unet_up_blocks_2_upsamplers_0_conv" in locon
+
+
+def test_a_lycoris_loha_reads_to_peft_lohas_deltas_and_applies_them(tmp_path):
+    """LyCORIS LoHa (hada_w1_a/b, hada_w2_a/b, alpha under kohya names: civitai's LyCORIS files), made with peft's
+    LoHa on linears, 1x1 and 3x3 convs and the text encoder: read as plain low-rank modules of rank r^2 whose
+    deltas are peft's, fused and per sample."""
+    from peft import LoHaConfig
+    from peft.tuners.loha import LoHaLayer
+
+    unet, _, te, _ = build_random(tiny_configs())
+    unet.add_adapter(LoHaConfig(r=3, alpha=5, target_modules=["to_q", "to_k", "to_out.0", "proj_in", "conv1"],
+                                init_weights=False))
+    te.add_adapter(LoHaConfig(r=2, alpha=2, target_modules=["q_proj", "v_proj"], init_weights=False))
+    tensors, deltas, layers = {}, {}, {}
+    for component, root in (("unet", unet), ("te", te)):
+        for path, module in root.named_modules():
+            if isinstance(module, LoHaLayer):
+                name = kohya_name(component, path)
+                for part in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"):
+                    tensors[f"{name}.{part}"] = getattr(module, part)["default"].detach().contiguous()
+                tensors[f"{name}.alpha"] = torch.tensor(float(module.alpha["default"]))
+                deltas[name] = module.get_delta_weight("default").detach()
+                layers[name] = path
+    assert any(d.ndim == 4 and d.shape[-1] == 3 for d in deltas.values())  # a 3x3 conv is among them
+    save_file(tensors, str(tmp_path / "loha.safetensors"))
+    lora = read_lora(tmp_path / "loha.safetensors")
+    assert lora.layout == "kohya" and lora.family == "sd1" and set(lora.modules) == set(deltas)
+    for name, expected in deltas.items():
+        m = lora.modules[name]
+        assert m.dim == (9 if m.component == "unet" else 4)  # r x r columns
+        assert m.scale == pytest.approx(5 / 3 if m.component == "unet" else 1.0)  # LyCORIS' alpha / r, kept
+        assert ((m.delta().reshape(expected.shape) - expected).abs() <= delta_bound(m).reshape(expected.shape)).all()
+
+    # applied on a fresh copy of the same base (same seed: peft wrapped the first one's layers): W + peft's
+    # delta fused, W x + delta x per sample, and a row whose multiplier is 0 is the base's own output
+    unet2, _, te2, _ = build_random(tiny_configs())
+    roots = {"unet": unet2, "te": te2}
+    base_layers = {n: roots[lora.modules[n].component].get_submodule(layers[n]) for n in deltas}
+    originals = {n: layer.weight.detach().clone() for n, layer in base_layers.items()}
+    stack = LoraStack(unet2, te2, [lora])
+    assert stack.patched_layers == len(deltas)
+    conv = next(n for n, d in deltas.items() if d.ndim == 4 and d.shape[-1] == 3)
+    layer = base_layers[conv]
+    x = torch.randn(2, layer.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = torch.nn.functional.conv2d(x, originals[conv] + deltas[conv], layer.bias, layer.stride, layer.padding)
+        plain = layer(x)
+        with stack.fused(te=[1.0], unet=[1.0]):
+            for n, expected in deltas.items():
+                bound = delta_bound(lora.modules[n]).reshape(expected.shape) + 2 ** -23 * (
+                    originals[n].abs() + expected.abs())
+                assert ((base_layers[n].weight - (originals[n] + expected)).abs() <= bound).all(), n
+            fused = layer(x)
+        with stack.per_sample() as ctl:
+            ctl.set_rows("unet", torch.tensor([[1.0], [0.0]]))
+            rows = layer(x)
+    # fused and per-sample outputs differ from ``want`` in summation order only: a 3x3 conv's sums of 9 x in terms
+    assert (fused - want).abs().max() < 1e-4 and (rows[0] - want[0]).abs().max() < 1e-4
+    assert torch.equal(rows[1], plain[1]) and (want - plain).abs().max() > 1e-2  # and the LoHa does something

@@ -269,6 +269,8 @@ def _fit(m: LoraModule, module: nn.Module) -> LoraModule | None:
             return None
         if down.ndim == 2 and tuple(w[2:]) == (1, 1):
             down, up = down[:, :, None, None], up[:, :, None, None]
+        elif down.ndim == 2 and down.shape[1] == w[1:].numel():  # a LoHa conv: [D, in x kh x kw], flattened
+            down, up = down.reshape(down.shape[0], *w[1:]), up[:, :, None, None]
         if down.ndim != 4 or tuple(down.shape[1:]) != tuple(w[1:]) or up.shape[0] != w[0]:
             return None
     else:

@@ -19,7 +19,7 @@ from loracam.errors import LoracamError
 
 # LyCORIS and other network types loracam does not apply: a key pattern -> what to call it.
 UNSUPPORTED_VARIANTS: dict[str, str] = {
-    r"\.hada_w\d": "LyCORIS LoHa (hada_w1_a keys)",
+    r"\.hada_t\d": "LyCORIS LoHa with Tucker-decomposed convs (hada_t1 keys)",
     r"\.lokr_w\d": "LyCORIS LoKr (lokr_w1 keys)",
     r"\.lora_mid\.": "LyCORIS LoCon with CP decomposition (lora_mid keys)",
     r"\.dora_scale$": "DoRA (dora_scale keys)",
@@ -47,6 +47,7 @@ class RawModule:
     down: torch.Tensor | None = None
     up: torch.Tensor | None = None
     alpha: float | None = None
+    hada: dict[str, torch.Tensor] | None = None  # LyCORIS LoHa's four factors, until loha_as_lora turns them into down/up
 
 
 Tensors = Mapping[str, torch.Tensor]
@@ -92,14 +93,45 @@ def parse_kohya(tensors: Tensors, filename: str) -> list[RawModule]:
     for key, t in tensors.items():
         name, _, part = key.partition(".")
         prefix = next((p for p in KOHYA_PREFIXES if name.startswith(p)), None)
-        if prefix is None or part not in ("lora_down.weight", "lora_up.weight", "alpha"):
+        if prefix is None or part not in ("lora_down.weight", "lora_up.weight", "alpha", *LOHA_PARTS):
             bad.append(key)
             continue
         rec = found.setdefault(name, RawModule(KOHYA_PREFIXES[prefix], name[len(prefix):]))
-        _store(rec, part, t)
+        if part in LOHA_PARTS:
+            rec.hada = (rec.hada or {}) | {part: t}
+        else:
+            _store(rec, part, t)
     if bad:
         raise _unknown(filename, bad, "kohya")
+    for rec in found.values():
+        if rec.hada is not None:
+            loha_as_lora(rec, filename)
     return list(found.values())
+
+
+# LyCORIS LoHa (kohya names, as A1111 and ComfyUI read it): delta_W = (alpha / r) x (w1_a @ w1_b) * (w2_a @ w2_b),
+# an elementwise product of two rank-r products (convs without Tucker: w*_b flattened to [r, in x kh x kw]).
+LOHA_PARTS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+
+
+def loha_as_lora(rec: RawModule, filename: str) -> None:
+    """Give a LoHa record the down/up of a plain LoRA with the very same delta, so everything that applies LoRAs
+    (fused, per sample, several at once) applies it unchanged: (A1 B1) * (A2 B2) = sum over i, j of
+    (a1_i * a2_j)(b1_i * b2_j)^T, a product of rank r1 x r2 (the columns of A1, A2 and the rows of B1, B2
+    multiplied pairwise). The file's scale alpha / r1 is kept: alpha becomes alpha / r1 x r1 r2."""
+    missing = [p for p in LOHA_PARTS if p not in rec.hada]
+    if missing:
+        raise LoracamError(f"{filename} is incomplete: LoHa module {rec.path} has no {', '.join(missing)}; "
+                           "export it again")
+    w1a, w1b, w2a, w2b = (rec.hada[p].float() for p in LOHA_PARTS)
+    (out, r1), (r2, width) = w1a.shape, w2b.shape
+    if w1a.ndim != 2 or w1b.shape != (r1, width) or w2a.shape != (out, r2):
+        raise LoracamError(f"{filename}: LoHa module {rec.path} has inconsistent shapes ({tuple(w1a.shape)}, "
+                           f"{tuple(w1b.shape)}, {tuple(w2a.shape)}, {tuple(w2b.shape)}); the file is damaged")
+    rec.up = (w1a[:, :, None] * w2a[:, None, :]).reshape(out, r1 * r2)
+    rec.down = (w1b[:, None, :] * w2b[None, :, :]).reshape(r1 * r2, width)
+    rec.alpha = (rec.alpha if rec.alpha is not None else r1) / r1 * (r1 * r2)
+    rec.hada = None
 
 
 def _store(rec: RawModule, part: str, t: torch.Tensor) -> None:
