@@ -138,7 +138,7 @@ def test_alias_from_ss_output_name(base, tmp_path):
 
 @pytest.mark.parametrize("key, variant", [
     ("lora_unet_down_blocks_0_resnets_0_conv1.hada_t1", "Tucker"),
-    ("lora_unet_down_blocks_0_attentions_0_proj_in.lokr_w1", "LoKr"),
+    ("lora_unet_down_blocks_0_resnets_0_conv1.lokr_t2", "LoKr with Tucker"),
     ("lora_unet_down_blocks_0_resnets_0_conv1.lora_mid.weight", "lora_mid"),
     ("lora_unet_down_blocks_0_attentions_0_proj_in.dora_scale", "DoRA"),
 ])
@@ -146,7 +146,7 @@ def test_lycoris_variants_are_named(tmp_path, key, variant):
     path = tmp_path / "lyco.safetensors"
     stem = key.split(".")[0]
     save_file({key: torch.ones(2, 2), f"{stem}.alpha": torch.tensor(1.0)}, str(path))
-    with pytest.raises(LoracamError, match=f"lyco.safetensors is a .*{variant}.*plain LoRA and LoCon only"):
+    with pytest.raises(LoracamError, match=f"lyco.safetensors is a .*{variant}.*LoRA, LoCon, LoHa and LoKr"):
         read_lora(path)
 
 
@@ -389,3 +389,43 @@ def test_a_lycoris_loha_reads_to_peft_lohas_deltas_and_applies_them(tmp_path):
     # fused and per-sample outputs differ from ``want`` in summation order only: a 3x3 conv's sums of 9 x in terms
     assert (fused - want).abs().max() < 1e-4 and (rows[0] - want[0]).abs().max() < 1e-4
     assert torch.equal(rows[1], plain[1]) and (want - plain).abs().max() > 1e-2  # and the LoHa does something
+
+
+def test_a_lycoris_lokr_reads_to_the_kronecker_delta_a1111_and_comfyui_apply(tmp_path):
+    """LyCORIS LoKr (lokr_w1 whole, lokr_w2 as a rank-r product; convs flattened), made with peft's LoKr: read as a
+    plain low-rank module whose delta is peft's kron(W1, W2) x alpha / r. Where neither factor is decomposed,
+    A1111 and ComfyUI take the scale as 1 (there is no rank to divide by) and so does loracam."""
+    from peft import LoKrConfig
+    from peft.tuners.lokr import LoKrLayer
+
+    unet, _, te, _ = build_random(tiny_configs())
+    unet.add_adapter(LoKrConfig(r=2, alpha=3, target_modules=["to_q", "to_out.0", "proj_in", "conv1"],
+                                init_weights=False))
+    tensors, deltas = {}, {}
+    for path, module in unet.named_modules():
+        if isinstance(module, LoKrLayer):
+            name = kohya_name("unet", path)
+            present = {}
+            for part in ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b"):
+                if "default" in getattr(module, part):
+                    present[part] = getattr(module, part)["default"].detach().contiguous()
+            tensors.update({f"{name}.{k}": v for k, v in present.items()})
+            tensors[f"{name}.alpha"] = torch.tensor(3.0)
+            decomposed = "lokr_w2_a" in present or "lokr_w1_a" in present
+            deltas[name] = module.get_delta_weight("default").detach() / (1 if decomposed else 1.5)
+    assert any("_a" in k for k in tensors) and any(k.endswith("lokr_w1") for k in tensors)
+    # a module with both factors whole (peft decomposes W2 at these widths; small LyCORIS factors come whole)
+    whole = "lora_unet_down_blocks_2_attentions_0_transformer_blocks_0_attn1_to_k"  # a 64 -> 64 linear
+    g = torch.Generator().manual_seed(1)
+    w1, w2 = torch.randn(8, 4, generator=g), torch.randn(8, 16, generator=g)
+    tensors.update({f"{whole}.lokr_w1": w1, f"{whole}.lokr_w2": w2, f"{whole}.alpha": torch.tensor(3.0)})
+    deltas[whole] = torch.kron(w1, w2)  # scale 1: no rank to divide alpha by
+    assert any(d.ndim == 4 and d.shape[-1] == 3 for d in deltas.values())
+    save_file(tensors, str(tmp_path / "lokr.safetensors"))
+    lora = read_lora(tmp_path / "lokr.safetensors")
+    assert set(lora.modules) == set(deltas)
+    for name, expected in deltas.items():
+        m = lora.modules[name]
+        assert ((m.delta().reshape(expected.shape) - expected).abs() <= delta_bound(m).reshape(expected.shape)).all()
+    stack = LoraStack(unet.__class__.from_config(unet.config), None, [lora])  # every module fits its layer
+    assert stack.patched_layers == len(deltas)

@@ -20,7 +20,7 @@ from loracam.errors import LoracamError
 # LyCORIS and other network types loracam does not apply: a key pattern -> what to call it.
 UNSUPPORTED_VARIANTS: dict[str, str] = {
     r"\.hada_t\d": "LyCORIS LoHa with Tucker-decomposed convs (hada_t1 keys)",
-    r"\.lokr_w\d": "LyCORIS LoKr (lokr_w1 keys)",
+    r"\.lokr_t\d": "LyCORIS LoKr with Tucker-decomposed convs (lokr_t2 keys)",
     r"\.lora_mid\.": "LyCORIS LoCon with CP decomposition (lora_mid keys)",
     r"\.dora_scale$": "DoRA (dora_scale keys)",
     r"\.lora_magnitude_vector": "DoRA (lora_magnitude_vector keys)",
@@ -48,6 +48,7 @@ class RawModule:
     up: torch.Tensor | None = None
     alpha: float | None = None
     hada: dict[str, torch.Tensor] | None = None  # LyCORIS LoHa's four factors, until loha_as_lora turns them into down/up
+    lokr: dict[str, torch.Tensor] | None = None  # LyCORIS LoKr's factors, until lokr_as_lora does
 
 
 Tensors = Mapping[str, torch.Tensor]
@@ -58,7 +59,8 @@ def check_variant(keys: list[str], filename: str) -> None:
     for pattern, variant in UNSUPPORTED_VARIANTS.items():
         if any(re.search(pattern, k) for k in keys):
             raise LoracamError(
-                f"{filename} is a {variant} network; loracam applies plain LoRA and LoCon only. "
+                f"{filename} is a {variant} network; loracam applies LoRA, LoCon, LoHa and LoKr (without Tucker "
+                "convs). "
                 "Use a LoRA/LoCon version of it, or merge it into a checkpoint with another tool first"
             )
 
@@ -93,12 +95,14 @@ def parse_kohya(tensors: Tensors, filename: str) -> list[RawModule]:
     for key, t in tensors.items():
         name, _, part = key.partition(".")
         prefix = next((p for p in KOHYA_PREFIXES if name.startswith(p)), None)
-        if prefix is None or part not in ("lora_down.weight", "lora_up.weight", "alpha", *LOHA_PARTS):
+        if prefix is None or part not in ("lora_down.weight", "lora_up.weight", "alpha", *LOHA_PARTS, *LOKR_PARTS):
             bad.append(key)
             continue
         rec = found.setdefault(name, RawModule(KOHYA_PREFIXES[prefix], name[len(prefix):]))
         if part in LOHA_PARTS:
             rec.hada = (rec.hada or {}) | {part: t}
+        elif part in LOKR_PARTS:
+            rec.lokr = (rec.lokr or {}) | {part: t}
         else:
             _store(rec, part, t)
     if bad:
@@ -106,6 +110,8 @@ def parse_kohya(tensors: Tensors, filename: str) -> list[RawModule]:
     for rec in found.values():
         if rec.hada is not None:
             loha_as_lora(rec, filename)
+        if rec.lokr is not None:
+            lokr_as_lora(rec, filename)
     return list(found.values())
 
 
@@ -132,6 +138,37 @@ def loha_as_lora(rec: RawModule, filename: str) -> None:
     rec.down = (w1b[:, None, :] * w2b[None, :, :]).reshape(r1 * r2, width)
     rec.alpha = (rec.alpha if rec.alpha is not None else r1) / r1 * (r1 * r2)
     rec.hada = None
+
+
+# LyCORIS LoKr: delta_W = scale x kron(W1, W2), each factor given whole (lokr_w1) or as a low-rank product
+# (lokr_w1_a @ lokr_w1_b); convs flatten W2 to [c, d x kh x kw], which is the flattened 4-D Kronecker product.
+# scale = alpha / dim, dim the rank of the decomposed factor (W2's when both are), 1 without alpha or a decomposed
+# factor: how A1111's and ComfyUI's LoKr read these files.
+LOKR_PARTS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
+
+
+def lokr_as_lora(rec: RawModule, filename: str) -> None:
+    """Give a LoKr record the down/up of a plain LoRA with the very same delta: kron(A1 B1, A2 B2) =
+    kron(A1, A2) @ kron(B1, B2), a whole factor W taken as I @ W or W @ I, whichever is of lower rank."""
+    parts = {k: v.float() for k, v in rec.lokr.items()}
+    factors, dim = [], None
+    for n in ("1", "2"):
+        whole, a, b = parts.get(f"lokr_w{n}"), parts.get(f"lokr_w{n}_a"), parts.get(f"lokr_w{n}_b")
+        if whole is not None:
+            whole = whole.flatten(1)
+            rows, cols = whole.shape
+            factors.append((torch.eye(rows), whole) if rows <= cols else (whole, torch.eye(cols)))
+        elif a is not None and b is not None and a.ndim == b.ndim == 2 and a.shape[1] == b.shape[0]:
+            factors.append((a, b))
+            dim = b.shape[0]
+        else:
+            raise LoracamError(f"{filename}: LoKr module {rec.path} has no usable factor {n} (lokr_w{n}, or "
+                               f"lokr_w{n}_a and lokr_w{n}_b of one rank); the file is damaged or incomplete")
+    (a1, b1), (a2, b2) = factors
+    rec.up, rec.down = torch.kron(a1, a2), torch.kron(b1, b2)
+    scale = rec.alpha / dim if rec.alpha is not None and dim else 1.0
+    rec.alpha = scale * rec.down.shape[0]
+    rec.lokr = None
 
 
 def _store(rec: RawModule, part: str, t: torch.Tensor) -> None:
@@ -206,7 +243,8 @@ def _config_alpha(cfg: dict | None, path: str, rank: int, filename: str) -> floa
     if not cfg:
         return float(rank)
     if cfg.get("use_dora"):
-        raise LoracamError(f"{filename} is a DoRA network (use_dora); loracam applies plain LoRA and LoCon only")
+        raise LoracamError(f"{filename} is a DoRA network (use_dora); loracam does not apply DoRA yet: use a LoRA "
+                           "version of it")
     alpha = float(cfg.get("lora_alpha") or rank)
     for pattern, value in (cfg.get("alpha_pattern") or {}).items():
         if re.match(rf"(.*\.)?({pattern})$", path):  # peft matches pattern keys as module-path suffixes
