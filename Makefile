@@ -82,7 +82,8 @@ TEST_JOBS ?= 2
 test: setup system-tools
 	$(PY) -m pytest -q --durations=10 -n $(TEST_JOBS) --dist loadfile
 
-# nga_sweep is left out: a study of ~15 min per variant, run by name (benchmarks/README.md);
+# nga_sweep is left out: a study of ~15 min per variant, run by name (benchmarks/README.md); workers_under_load too
+# (~1 h: the workers' tests 30 times beside a busy loop);
 # gpu_suite too: it measures a CUDA GPU (make gpu-suite)
 BENCHES := gen_overhead prep_speed train_throughput grid_batching toy_quality numerics_cost upscale_speed toy_finish \
 	controlnet_overhead toy_controlnet toy_studio toy_prompts toy_tune web_overhead web_generate worker_throughput

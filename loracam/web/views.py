@@ -159,8 +159,8 @@ def base_rows(model_dirs: list[Path]) -> list[list]:
     """The base models Generate, Grid, Tune and Train can use: the built-in toy, then the checkpoints
     (.safetensors, read by header only: a 2-7 GB file is not hashed to be listed) and diffusers folders
     under the folders."""
-    from loracam.models.families import FAMILIES, family_of_checkpoint
-    from loracam.models.loader import checkpoint_keys, detect_checkpoint_family, folder_family
+    from loracam.models.families import family_of_checkpoint
+    from loracam.models.loader import checkpoint_family, checkpoint_keys, folder_family
 
     rows = [["toy", "toy (built-in)", "", "toy"]]
     for d in model_dirs:
@@ -179,7 +179,7 @@ def base_rows(model_dirs: list[Path]) -> list[list]:
                     continue
                 if family_of_checkpoint(keys) or any(k.startswith("model.diffusion_model.") for k in keys):
                     try:
-                        family = FAMILIES[detect_checkpoint_family(keys, path.name)].short
+                        family = checkpoint_family(keys, path.name).short
                     except LoracamError as exc:  # SDXL, FLUX, ...: shown, with why it cannot be used (yet)
                         family = f"not usable: {exc}"
                     rows.append([path.stem, family, f"{path.stat().st_size / 2**30:.2f} GB", str(path)])
