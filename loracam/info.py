@@ -28,13 +28,14 @@ def _describe_safetensors(path: Path, hash_cache: HashCache) -> dict:
     from loracam.models.loader import checkpoint_family, checkpoint_keys
 
     keys = checkpoint_keys(path, allow_pickle=False)
-    if family_of_checkpoint(keys) or any(k.startswith("model.diffusion_model.") for k in keys):
+    known = family_of_checkpoint(keys)
+    if known or any(k.startswith("model.diffusion_model.") for k in keys):
         try:
             family, usable = checkpoint_family(keys, path.name), "yes"
         except LoracamError as exc:  # a file of a family loracam does not run (yet) is described, with why
-            family, usable = family_of_checkpoint(keys), f"no: {exc}"
-            if family is None:
+            if known is None:
                 raise
+            family, usable = known, f"no: {exc}"
         sha = hash_cache.sha256(path)
         return {"kind": "checkpoint", "family": family.name, "family_name": family.short, "usable": usable,
                 "tensors": len(keys), "sha256": sha, "hash": sha[:10]}

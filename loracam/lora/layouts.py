@@ -16,6 +16,7 @@ from typing import Callable, Mapping
 import torch
 
 from loracam.errors import LoracamError
+from loracam.models.families import family_of_metadata
 
 # LyCORIS and other network types loracam does not apply: a key pattern -> what to call it.
 UNSUPPORTED_VARIANTS: dict[str, str] = {
@@ -322,8 +323,6 @@ _WIDTH_FAMILY = {1024: "sd2", 2048: "sdxl", 1280: "sdxl"}
 
 
 def _family_from_metadata(metadata: Mapping[str, str]) -> str | None:
-    from loracam.models.families import family_of_metadata
-
     family = family_of_metadata(metadata)
     return family.name if family else None
 

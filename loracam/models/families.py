@@ -1,8 +1,9 @@
 """Model families as a table: what loracam knows of each base-model architecture, in one entry.
 
 A family is one ``Family`` in ``FAMILIES`` (ComfyUI's comfy/supported_models.py is the model: one entry per
-architecture with its detection, configs, latent format and sampling type). The engine asks the entry of the
-loaded base (``BaseModel.spec``) instead of branching on family names, so adding a family is:
+architecture with its detection, configs, latent format and sampling type). The engine is to ask the entry
+instead of branching on family names (today the loader, the LoRA family checks and metadata, ``loracam info`` and
+the web library do; generation and training still assume SD1.x), so adding a family is:
 
 1. an entry here: how its files are recognised (single-file tensor names, diffusers pipeline classes, LoRA
    metadata), the config folder loracam ships to build it offline, its denoiser and text encoders, latent format,
@@ -172,8 +173,7 @@ def family_of_checkpoint(keys: Mapping[str, tuple] | set[str]) -> Family | None:
     names |= {k[len(p):] for k in names for p in _DENOISER_PREFIXES if k.startswith(p)}
     found = next((FAMILIES[n] for n in _DETECT_ORDER if any(m in names for m in FAMILIES[n].file_markers)), None)
     return found or next((FAMILIES[n] for n in _DETECT_ORDER
-                          if any(k.startswith(FAMILIES[n].file_prefixes) for k in names if FAMILIES[n].file_prefixes)),
-                         None)
+                          if any(k.startswith(FAMILIES[n].file_prefixes) for k in names)), None)  # () matches none
 
 
 # Where one family's names are another's too: SD2's U-Net has SD1's output_blocks.11 (its OpenCLIP text encoder
