@@ -65,6 +65,14 @@ def tiny():
     return ModelCache().get("random:tiny", torch.device("cpu"), torch.float32)
 
 
+@pytest.fixture(scope="session")
+def tiny_sdxl():
+    """The random:tiny-sdxl base on the CPU in fp32 (SDXL's structure at small widths), shared like ``tiny``."""
+    from loracam.models import ModelCache
+
+    return ModelCache().get("random:tiny-sdxl", torch.device("cpu"), torch.float32)
+
+
 @pytest.fixture()
 def models(tiny):
     """A fresh ModelCache that answers random:tiny with the session's model (nothing else is cached)."""

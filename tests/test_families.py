@@ -149,20 +149,30 @@ def test_the_tiny_sdxl_renders_in_diffusers_pipeline(tmp_path):
     assert image.shape == (64, 64, 3) and np.isfinite(image).all()
 
 
-def test_gen_on_an_sdxl_folder_or_a_flux_file_says_so_and_writes_nothing(tmp_path):
-    """The issue's report: an SDXL diffusers folder died inside diffusers (get_aug_embed, a bare TypeError)."""
+def test_gen_on_an_sdxl_folder_renders_and_on_a_flux_file_says_so_and_writes_nothing(tmp_path):
+    """The issue's report: an SDXL diffusers folder died inside diffusers (get_aug_embed, a bare TypeError). Now it
+    renders at its own size with A1111's infotext; a FLUX.1 file (not run yet) is refused by name."""
+    from PIL import Image
+
     _tiny_sdxl_folder(tmp_path / "tiny-sdxl")
     assert json.loads((tmp_path / "tiny-sdxl" / "model_index.json").read_text())["_class_name"] == \
         "StableDiffusionXLPipeline"
+    out = tmp_path / "out-xl"
+    proc = subprocess.run([sys.executable, "-m", "loracam.cli", "gen", "1girl", "--base", str(tmp_path / "tiny-sdxl"),
+                           "--steps", "2", "-o", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    [png] = out.glob("*.png")
+    image = Image.open(png)
+    assert image.size == (32, 32)  # the tiny U-Net's sample_size 16 x its VAE's factor 2: the model's own size
+    assert "Model: tiny-sdxl" in image.text["parameters"]
     save_file({k: Z for k in FILES["flux1"]}, str(tmp_path / "flux1-dev.safetensors"))
-    for base, family in ((tmp_path / "tiny-sdxl", "an SDXL model"), (tmp_path / "flux1-dev.safetensors",
-                                                                       "a FLUX.1 model")):
-        out = tmp_path / f"out-{base.stem}"
-        proc = subprocess.run([sys.executable, "-m", "loracam.cli", "gen", "1girl", "--base", str(base), "--steps", "2",
-                               "-o", str(out)], capture_output=True, text=True, timeout=120)
-        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
-        assert f"is {family}" in proc.stderr and "SD1.x" in proc.stderr, proc.stderr
-        assert not out.exists() or not any(out.iterdir())
+    out = tmp_path / "out-flux"
+    proc = subprocess.run([sys.executable, "-m", "loracam.cli", "gen", "1girl", "--base",
+                           str(tmp_path / "flux1-dev.safetensors"), "--steps", "2", "-o", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "is a FLUX.1 model" in proc.stderr and "SD1.x and SDXL" in proc.stderr, proc.stderr
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_info_describes_a_file_of_any_known_family(tmp_path):
@@ -172,4 +182,7 @@ def test_info_describes_a_file_of_any_known_family(tmp_path):
     save_file({k: Z for k in FILES["sdxl"]}, str(tmp_path / "ponyDiffusionV6XL.safetensors"))
     info = describe(tmp_path / "ponyDiffusionV6XL.safetensors", HashCache(tmp_path / "hashes.json"))
     assert info["kind"] == "checkpoint" and info["family"] == "sdxl" and info["family_name"] == "SDXL"
-    assert info["usable"].startswith("no: ") and "Pony" in info["usable"]
+    assert info["usable"] == "yes"
+    save_file({k: Z for k in FILES["flux1"]}, str(tmp_path / "flux1-dev.safetensors"))
+    info = describe(tmp_path / "flux1-dev.safetensors", HashCache(tmp_path / "hashes.json"))
+    assert info["family"] == "flux1" and info["usable"].startswith("no: ") and "FLUX.1" in info["usable"]

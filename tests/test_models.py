@@ -307,6 +307,12 @@ def _sdxl(tmp, tiny_file):
     return tmp / "sdxl.safetensors"
 
 
+def _sdxl_refiner(tmp, tiny_file):
+    save_file({"conditioner.embedders.0.model.ln_final.weight": torch.zeros(4),
+               "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3)}, tmp / "refiner.safetensors")
+    return tmp / "refiner.safetensors"
+
+
 def _kohya_lora(tmp, tiny_file):
     m = "lora_unet_down_blocks_0_attentions_0_proj_in"
     t = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
@@ -346,7 +352,8 @@ def _damaged_configs(tmp, tiny_file):
 BAD_INPUTS = {
     "truncated": (_truncated, ["damaged or incomplete", "download it again"]),
     "random-bytes": (_random_bytes, ["could not be read as safetensors", "damaged"]),
-    "sdxl": (_sdxl, ["SDXL", "SD1.x"]),
+    "sdxl-other-sizes": (_sdxl, ["do not match SDXL base's sizes", "not a standard-size SDXL model"]),
+    "sdxl-refiner": (_sdxl_refiner, ["the SDXL refiner", "second-stage", "use an SDXL base"]),
     "kohya-lora": (_kohya_lora, ["is a LoRA", "--lora-dir", "<lora:"]),
     "folder-without-index": (_folder_without_index, ["model_index.json", "pass the file itself"]),
     "txt": (_txt, ["unsupported", ".safetensors"]),

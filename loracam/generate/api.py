@@ -132,7 +132,7 @@ def render_samples(model: BaseModel, shared: Shared, samples: Sequence[Sample], 
     ControlNets library) finds the models of ``shared.control``."""
     names = list(dict.fromkeys(ref.name for s in samples for ref in s.loras))
     files = [library.load(n) for n in names]
-    stack = LoraStack(model.unet, model.text_encoder, files, base_family=model.family) if files else None
+    stack = LoraStack.for_model(model, files) if files else None
     weights = torch.zeros(len(samples), len(names), 2)
     for i, s in enumerate(samples):
         for ref in s.loras:

@@ -34,6 +34,7 @@ class CondPlan:
     embeddings: list[torch.Tensor]  # [77*k, C] each
     uncond: list[Schedule]  # per sample
     conds: list[list[tuple[Schedule, float]]]  # per sample: AND parts
+    pooled: list[torch.Tensor] | None = None  # per embedding, for families whose denoiser takes one (SDXL)
 
     def rows_at(self, step: int, with_uncond: bool = True) -> Rows:
         emb, smp, unc, conds = [], [], [], []
@@ -63,17 +64,20 @@ def build_plan(
     steps: int,
     te_keys: Sequence[tuple] | None,
     set_te_rows: Callable[[torch.Tensor], None] | None,
+    zero_empty_negative: bool = False,
 ) -> CondPlan:
     """Schedules for every sample and one encode call for all distinct (text, LoRA text-encoder weights).
 
     ``te_keys[s]`` identifies sample s's text-encoder LoRA multipliers (None when all samples share
     them); ``set_te_rows`` receives the sample index of every text-encoder row before the call.
+    With ``zero_empty_negative`` (SDXL) a sample whose negative prompt is empty gets zeros as its negative
+    context and pooled vector, as A1111 and diffusers' force_zeros_for_empty_prompt do.
     """
     keys: dict[tuple, int] = {}
     owners: list[int] = []  # a sample whose LoRA weights encode that key
 
-    def index(text: str, s: int) -> int:
-        key = (text, te_keys[s] if te_keys else None)
+    def index(text: str, s: int, zero: bool = False) -> int:
+        key = (text, te_keys[s] if te_keys else None, zero)
         if key not in keys:
             keys[key] = len(keys)
             owners.append(s)
@@ -82,13 +86,22 @@ def build_plan(
     uncond, conds = [], []
     for s, (p, n) in enumerate(zip(prompts, negatives)):
         neg_text = extract_networks(n)[0]
-        uncond.append([(end, index(t, s)) for end, t in prompt_schedule(neg_text, steps)])
+        if zero_empty_negative and not neg_text.strip():
+            uncond.append([(steps, index("", s, zero=True))])
+        else:
+            uncond.append([(end, index(t, s)) for end, t in prompt_schedule(neg_text, steps)])
         parts = []
         for sub, weight in split_and(extract_networks(p)[0]):
             parts.append(([(end, index(t, s)) for end, t in prompt_schedule(sub, steps)], weight))
         conds.append(parts)
-    texts = [text for text, _ in keys]
+    texts = [text for text, _, _ in keys]
     owner = torch.tensor(owners)
     on_rows = (lambda rows: set_te_rows(owner[rows])) if set_te_rows else None
-    embeddings = encoder.encode(texts, on_rows=on_rows)
-    return CondPlan(embeddings, uncond, conds)
+    enc = encoder.encode_all(texts, on_rows=on_rows)
+    contexts, pooled = list(enc.contexts), (list(enc.pooled) if enc.pooled is not None else None)
+    for (_, _, zero), i in keys.items():
+        if zero:
+            contexts[i] = torch.zeros_like(contexts[i])
+            if pooled is not None:
+                pooled[i] = torch.zeros_like(pooled[i])
+    return CondPlan(contexts, uncond, conds, pooled)

@@ -22,7 +22,7 @@ from loracam.generate.conditioning import CondPlan, Rows, build_plan
 from loracam.generate.request import Sample, Shared
 from loracam.generate.samplers import build_scheduler
 from loracam.models import BaseModel
-from loracam.prompts import PromptEncoder
+from loracam.prompts import encoder_for
 
 Progress = Callable[[int, int], None]
 
@@ -110,11 +110,12 @@ def render_latents(model: BaseModel, shared: Shared, samples: Sequence[Sample], 
                    progress: Progress | None = None, guide=None) -> torch.Tensor:
     """One sampling pass over ``samples``: the final latents, not decoded."""
     with torch.inference_mode(), lora_mode(lora_stack, lora_weights) as set_rows:
-        encoder = PromptEncoder(model.tokenizer, model.text_encoder, shared.clip_skip)
+        encoder = encoder_for(model, shared.clip_skip)
         te_keys = [tuple(w[:, 0].tolist()) for w in lora_weights] if set_rows else None
         plan = build_plan(
             encoder, [s.prompt for s in samples], [s.negative for s in samples], shared.steps,
             te_keys, (lambda rows: set_rows("te", rows)) if set_rows else None,
+            zero_empty_negative=model.spec.zero_empty_negative,
         )
         return _sample(model, shared, samples, plan, set_rows, init, progress, guide)
 
@@ -209,12 +210,27 @@ def _unet_rows(model, x, t, plan: CondPlan, rows: Rows, set_rows, inpaint, guide
         if set_rows:
             set_rows("unet", samples[ix].cpu())
         extra = {}
+        added = added_conditioning(model, plan, [rows.embedding[r] for r in idx], x.shape[-2:])
+        if added is not None:
+            extra["added_cond_kwargs"] = added
         if guide is not None:
             down, mid = guide.residuals(x_plain[ix], t, ctx, samples[ix], uncond[ix], frac)
             if down is not None:
-                extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+                extra |= {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
         out[ix] = model.unet(x_rows[ix], t, encoder_hidden_states=ctx, return_dict=False, **extra)[0]
     return out
+
+
+def added_conditioning(model, plan: CondPlan, embeddings: list[int], latent_hw) -> dict | None:
+    """SDXL's extra U-Net inputs for these rows: bigG's pooled vectors and the size ids. The size ids are A1111's
+    and diffusers' defaults, original = target = the size rendered (a hires pass's own size), crop (0, 0)."""
+    if plan.pooled is None:
+        return None
+    f = model.vae_scale_factor
+    h, w = int(latent_hw[0]) * f, int(latent_hw[1]) * f
+    pooled = torch.stack([plan.pooled[e] for e in embeddings]).to(model.dtype)
+    ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=model.dtype, device=pooled.device).repeat(len(embeddings), 1)
+    return {"text_embeds": pooled, "time_ids": ids}
 
 
 def _guide(eps: torch.Tensor, rows: Rows, cfg: torch.Tensor, use_uncond: bool) -> torch.Tensor:

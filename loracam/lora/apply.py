@@ -70,11 +70,17 @@ def _normal_tensors():
 class LoraStack:
     """Several LoRAs matched to a base model's layers once, ready to apply fused or per sample."""
 
+    @classmethod
+    def for_model(cls, model, loras: Sequence[LoraFile]) -> "LoraStack":
+        """A stack on a BaseModel's U-Net and every text encoder it has."""
+        return cls(model.unet, model.text_encoder, loras, base_family=model.family,
+                   text_encoder_2=model.text_encoder_2)
+
     def __init__(self, unet: nn.Module, text_encoder: nn.Module | None, loras: Sequence[LoraFile],
-                 base_family: str = "sd1"):
+                 base_family: str = "sd1", text_encoder_2: nn.Module | None = None):
         self.loras = list(loras)
         self.base_family = base_family
-        targets = model_modules(unet, text_encoder)
+        targets = model_modules(unet, text_encoder, text_encoder_2)
         patches: dict[str, _Patch] = {}
         for index, lora in enumerate(self.loras):
             for name, module, fitted in _match(lora, targets, base_family):

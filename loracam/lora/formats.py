@@ -211,8 +211,10 @@ def _body(data: bytes) -> bytes:
 
 
 def random_lora(unet: nn.Module, text_encoder: nn.Module | None, dim: int = 4, alpha: float | None = None,
-                seed: int = 0, conv: bool = False, te: bool = True, std: float = 0.05) -> dict[str, LoraModule]:
-    """A LoRA with random weights on kohya's default SD1.x targets (``conv`` adds LoCon's 3x3 convs).
+                seed: int = 0, conv: bool = False, te: bool = True, std: float = 0.05,
+                text_encoder_2: nn.Module | None = None) -> dict[str, LoraModule]:
+    """A LoRA with random weights on kohya's default targets (``conv`` adds LoCon's 3x3 convs; SDXL's second text
+    encoder with ``text_encoder_2``).
 
     down is scaled like a Kaiming init (unit-variance outputs) and up ~ N(0, std), so each layer's output
     moves by about std x sqrt(dim) x alpha/dim of its natural size: visible, not destructive. ``alpha``
@@ -220,7 +222,8 @@ def random_lora(unet: nn.Module, text_encoder: nn.Module | None, dim: int = 4, a
     """
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, LoraModule] = {}
-    for name, module in kohya_targets(unet, text_encoder if te else None, conv=conv):
+    for name, module in kohya_targets(unet, text_encoder if te else None, conv=conv,
+                                      text_encoder_2=text_encoder_2 if te else None):
         down_shape, up_shape = _lora_shapes(module, dim)
         fan_in = math.prod(down_shape[1:])
         down = torch.randn(down_shape, generator=gen) / math.sqrt(fan_in)

@@ -23,13 +23,34 @@ TE_BLOCKS = ("CLIPAttention", "CLIPSdpaAttention", "CLIPFlashAttention2", "CLIPM
 UNET_CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
 
 
-def kohya_name(component: str, path: str) -> str:
-    """The kohya name of the module at dotted ``path`` in the U-Net ("unet") or text encoder ("te")."""
+def kohya_name(component: str, path: str, prefix: str | None = None) -> str:
+    """The kohya name of the module at dotted ``path`` in the U-Net ("unet") or a text encoder ("te"); ``prefix``
+    is the text encoder's (``lora_te_``, SDXL's ``lora_te1_``/``lora_te2_``)."""
     if component == "unet":
         return UNET_PREFIX + path.replace(".", "_")
     if not path.startswith("text_model."):
         path = "text_model." + path  # transformers 5 dropped the wrapper; the files' names keep it
-    return TE_PREFIX + path.replace(".", "_")
+    return (prefix or TE_PREFIX) + path.replace(".", "_")
+
+
+def is_sdxl_unet(unet: nn.Module) -> bool:
+    """SDXL's U-Net takes pooled text and size ids (``text_time``): sd-scripts names its layers by SGM's paths."""
+    return getattr(getattr(unet, "config", None), "addition_embed_type", None) == "text_time"
+
+
+def unet_paths(unet: nn.Module) -> dict[str, str]:
+    """Each U-Net layer's diffusers path -> the path its kohya name is made of: the diffusers path on SD1.x, SGM's
+    (``input_blocks.4.1.transformer_blocks.0.attn1.to_q``) on SDXL, as sd-scripts' SDXL U-Net names them."""
+    if is_sdxl_unet(unet):
+        from loracam.models.ldm import unet_module_names
+
+        return unet_module_names(unet)
+    return {path: path for path, _ in _layers(unet)}
+
+
+def text_encoder_prefixes(unet: nn.Module) -> tuple[str, str]:
+    """The kohya prefixes of the first and second text encoder for this U-Net's family."""
+    return SDXL_TE_PREFIXES if is_sdxl_unet(unet) else (TE_PREFIX, SDXL_TE_PREFIXES[1])
 
 
 def component_of(name: str) -> str:
@@ -45,12 +66,23 @@ def _layers(root: nn.Module | None) -> Iterator[tuple[str, nn.Module]]:
             yield path, module
 
 
-def model_modules(unet: nn.Module | None, text_encoder: nn.Module | None) -> dict[str, tuple[str, nn.Module]]:
-    """Every Linear and Conv2d of the U-Net and text encoder, by kohya name, with its component."""
+def model_modules(unet: nn.Module | None, text_encoder: nn.Module | None,
+                  text_encoder_2: nn.Module | None = None) -> dict[str, tuple[str, nn.Module]]:
+    """Every Linear and Conv2d of the U-Net and text encoders, by kohya name, with its component ("unet", "te":
+    both of SDXL's encoders take the text-encoder multiplier). An SDXL U-Net's layers are found under sd-scripts'
+    SGM names and, as aliases, under their diffusers paths (peft files converted to kohya names have those)."""
     out: dict[str, tuple[str, nn.Module]] = {}
-    for component, root in (("unet", unet), ("te", text_encoder)):
+    if unet is not None:
+        names = unet_paths(unet)
+        for path, module in _layers(unet):
+            out.setdefault(kohya_name("unet", names.get(path, path)), ("unet", module))
+        if is_sdxl_unet(unet):
+            for path, module in _layers(unet):
+                out.setdefault(kohya_name("unet", path), ("unet", module))
+    prefixes = text_encoder_prefixes(unet) if unet is not None else (TE_PREFIX, SDXL_TE_PREFIXES[1])
+    for prefix, root in zip(prefixes, (text_encoder, text_encoder_2)):
         for path, module in _layers(root):
-            out.setdefault(kohya_name(component, path), (component, module))
+            out.setdefault(kohya_name("te", path, prefix), ("te", module))
     return out
 
 
@@ -67,22 +99,25 @@ def _children_of(root: nn.Module, blocks: tuple[str, ...], keep) -> Iterator[tup
                 yield f"{block_path}.{child_path}", child
 
 
-def kohya_targets(unet: nn.Module, text_encoder: nn.Module | None,
-                  conv: bool = False) -> list[tuple[str, nn.Module]]:
-    """kohya's default SD1.x LoRA targets as (kohya name, module), in model order.
+def kohya_targets(unet: nn.Module, text_encoder: nn.Module | None, conv: bool = False,
+                  text_encoder_2: nn.Module | None = None) -> list[tuple[str, nn.Module]]:
+    """kohya's default LoRA targets as (kohya name, module), in model order (SD1.x, and SDXL under sd-scripts'
+    names: the U-Net by SGM paths, CLIP-L as ``lora_te1_``, bigG as ``lora_te2_``).
 
-    U-Net: every Linear/1x1 conv in each Transformer2DModel; text encoder: attention and MLP linears;
+    U-Net: every Linear/1x1 conv in each Transformer2DModel; text encoders: attention and MLP linears;
     with ``conv`` (LoCon), every layer of the ResNet blocks and down/up samplers, as kohya's conv_dim adds
     those whole blocks: their 3x3 convs (trained at conv_dim) and their time_emb_proj and 1x1
     conv_shortcut (at the network dim), 86 more modules on SD1.5.
     """
     found: dict[str, nn.Module] = {}
+    names = unet_paths(unet)
     for path, module in _children_of(unet, UNET_ATTN_BLOCKS, _is_1x1):
-        found.setdefault(kohya_name("unet", path), module)
+        found.setdefault(kohya_name("unet", names[path]), module)
     if conv:
         for path, module in _children_of(unet, UNET_CONV_BLOCKS, lambda m: True):
-            found.setdefault(kohya_name("unet", path), module)
-    if text_encoder is not None:
-        for path, module in _children_of(text_encoder, TE_BLOCKS, lambda m: isinstance(m, nn.Linear)):
-            found.setdefault(kohya_name("te", path), module)
+            found.setdefault(kohya_name("unet", names[path]), module)
+    for prefix, root in zip(text_encoder_prefixes(unet), (text_encoder, text_encoder_2)):
+        if root is not None:
+            for path, module in _children_of(root, TE_BLOCKS, lambda m: isinstance(m, nn.Linear)):
+                found.setdefault(kohya_name("te", path, prefix), module)
     return list(found.items())

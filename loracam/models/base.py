@@ -11,7 +11,8 @@ import torch
 
 @dataclass
 class BaseModel:
-    """An SD1.x-family model, its components on one device, and its identity for infotext.
+    """A base model of one family (``spec``: its entry in loracam/models/families.py), its components on one
+    device, and its identity for infotext. SDXL has a second text encoder and tokenizer; SD1.x has None there.
 
     The components are shared by every job that uses the model and must never be mutated in place:
     LoRAs patch them temporarily and restore them exactly (see loracam.lora).
@@ -19,7 +20,7 @@ class BaseModel:
 
     name: str  # infotext "Model": file stem, folder name, hub id or "random:tiny"
     ref: str  # the reference the user gave, resolved (absolute path, hub id, random:*)
-    family: str  # "sd1"
+    family: str  # a key of FAMILIES: "sd1", "sdxl"
     unet: Any
     vae: Any
     text_encoder: Any
@@ -30,6 +31,24 @@ class BaseModel:
     path: Path | None = None  # the checkpoint file, when the model came from one
     sha256: str | None = None
     extra: dict = field(default_factory=dict)
+    text_encoder_2: Any = None
+    tokenizer_2: Any = None
+
+    @property
+    def spec(self):
+        """The family's table entry."""
+        from loracam.models.families import FAMILIES
+
+        return FAMILIES[self.family]
+
+    @property
+    def text_encoders(self) -> list[Any]:
+        """Every text encoder, in the family's order (CLIP-L, then bigG for SDXL)."""
+        return [te for te in (self.text_encoder, self.text_encoder_2) if te is not None]
+
+    def modules(self) -> list[Any]:
+        """Every weight-holding component: denoiser, VAE, text encoders."""
+        return [self.unet, self.vae, *self.text_encoders]
 
     @property
     def short_hash(self) -> str | None:
@@ -49,9 +68,14 @@ class BaseModel:
         return self.unet.config.in_channels == 9
 
     def components(self) -> dict[str, Any]:
-        """Keyword arguments for a diffusers StableDiffusionPipeline built on these components."""
-        from diffusers import PNDMScheduler
+        """Keyword arguments for the family's diffusers pipeline (StableDiffusionPipeline, StableDiffusionXLPipeline)
+        built on these components."""
+        from diffusers import EulerDiscreteScheduler, PNDMScheduler
 
+        if self.family == "sdxl":
+            return {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder,
+                    "text_encoder_2": self.text_encoder_2, "tokenizer": self.tokenizer, "tokenizer_2": self.tokenizer_2,
+                    "scheduler": EulerDiscreteScheduler.from_config(self.scheduler_config)}
         return {
             "unet": self.unet,
             "vae": self.vae,

@@ -59,7 +59,10 @@ class Family:
     meta_markers: tuple[str, ...] = ()  # prefixes of ss_base_model_version / modelspec.architecture values
     # what it is made of and how it runs
     config_dir: str | None = None  # the shipped diffusers config folder (loracam/models/configs/)
+    pipeline: str = ""  # the diffusers pipeline class loracam loads its files and folders with
     denoiser: str = "unet"  # unet | transformer
+    conditioning: str = "clip"  # the prompt encoder (loracam.prompts.ENCODERS): clip | sdxl
+    zero_empty_negative: bool = False  # an empty negative prompt is zeros, not "" encoded (SDXL in A1111, diffusers)
     text_encoders: tuple[TextEncoder, ...] = ()
     latent: LatentFormat = LatentFormat(4, 0.18215)
     prediction: str = "epsilon"  # epsilon | v_prediction | flow
@@ -80,8 +83,8 @@ class Family:
         return f"{name} is {self.label}; {self.why}"
 
 
-_NOT_YET = ("this version of loracam runs SD1.x bases only ({label} support is on its way); use an SD1.x "
-            "checkpoint (.safetensors), a diffusers SD1.x folder, or the built-in toy base")
+_NOT_YET = ("this version of loracam runs SD1.x and SDXL bases only ({label} support is on its way); use an SD1.x "
+            "or SDXL checkpoint (.safetensors), a diffusers folder of one, or the built-in toy base")
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family(
@@ -90,7 +93,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                       "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"),
         pipelines=("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"),
         meta_markers=("sd_v1", "stable-diffusion-v1"),
-        config_dir="sd15",
+        config_dir="sd15", pipeline="StableDiffusionPipeline",
         text_encoders=(TextEncoder("text_encoder", "clip-l", "lora_te"),),
         ss_base_model_version="sd_v1", modelspec_architecture="stable-diffusion-v1/lora",
     ),
@@ -104,14 +107,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         default_size=(768, 768), ss_base_model_version="sd_v2", modelspec_architecture="stable-diffusion-v2-512/lora",
     ),
     Family(
-        "sdxl", "SDXL", "an SDXL model", "planned",
-        why="Pony, Illustrious, NoobAI, Juggernaut and RealVis are SDXL finetunes too; " + _NOT_YET.format(label="SDXL"),
+        "sdxl", "SDXL", "an SDXL model (Pony, Illustrious, NoobAI and the like)", "supported",
         file_markers=("conditioner.embedders.1.model.ln_final.weight",
                       "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias"),
         file_prefixes=("conditioner.embedders.",),  # SGM's conditioner: SDXL's layout
         pipelines=("StableDiffusionXLPipeline", "StableDiffusionXLInpaintPipeline"),
         meta_markers=("sdxl", "stable-diffusion-xl"),
-        config_dir="sdxl",
+        config_dir="sdxl", pipeline="StableDiffusionXLPipeline", conditioning="sdxl", zero_empty_negative=True,
         text_encoders=(TextEncoder("text_encoder", "clip-l", "lora_te1"),
                        TextEncoder("text_encoder_2", "openclip-bigg", "lora_te2")),
         latent=LatentFormat(4, 0.13025), default_size=(1024, 1024),

@@ -1,4 +1,4 @@
-"""Write SD1.x models as original-LDM "single file" checkpoints, the layout A1111, ComfyUI and civitai use.
+"""Write SD1.x and SDXL models as original-LDM "single file" checkpoints, the layout A1111, ComfyUI and civitai use.
 
 diffusers only converts LDM -> diffusers; this is the other direction. The mapping is built from the
 models' own configs and state dicts, module prefix by module prefix, and every tensor must map to a
@@ -269,22 +269,30 @@ def sdxl_to_ldm(unet, vae, text_encoder, text_encoder_2) -> dict[str, torch.Tens
             | openclip_text_to_sgm(text_encoder_2))
 
 
-def expected_ldm_shapes(configs: dict[str, dict]) -> dict[str, tuple[int, ...]]:
-    """Name and shape of every tensor an SD1.x checkpoint of these component configs must hold.
+def expected_ldm_shapes(configs: dict[str, dict], family: str = "sd1") -> dict[str, tuple[int, ...]]:
+    """Name and shape of every tensor an SD1.x (or SDXL) checkpoint of these component configs must hold.
 
-    The components are built on the meta device (no memory, ~0.1 s at full size), so this is exactly
-    what from_single_file will fill. position_ids is left out: it is optional in real files.
+    The components are built on the meta device (no memory, ~0.1 s at full size, 0.5 s for SDXL), so this is
+    exactly what from_single_file will fill. position_ids is left out: it is optional in real files.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    te_cfg = {k: v for k, v in configs["text_encoder"].items() if k not in ("architectures", "torch_dtype", "dtype")}
+    def te(cfg, cls):
+        return cls(CLIPTextConfig(**{k: v for k, v in cfg.items() if k not in ("architectures", "torch_dtype",
+                                                                                  "dtype")}))
+
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(configs["unet"])
         vae = AutoencoderKL.from_config(configs["vae"])
-        text_encoder = CLIPTextModel(CLIPTextConfig(**te_cfg))
-    shapes = {k: tuple(v.shape) for k, v in diffusers_to_ldm(unet, vae, text_encoder).items()}
-    shapes.pop(TE_PREFIX + "text_model.embeddings.position_ids", None)
+        text_encoder = te(configs["text_encoder"], CLIPTextModel)
+        if family == "sdxl":
+            state = sdxl_to_ldm(unet, vae, text_encoder, te(configs["text_encoder_2"], CLIPTextModelWithProjection))
+        else:
+            state = diffusers_to_ldm(unet, vae, text_encoder)
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    for prefix in (TE_PREFIX, SDXL_TE1_PREFIX):
+        shapes.pop(prefix + "text_model.embeddings.position_ids", None)
     return shapes
 
 
@@ -307,6 +315,8 @@ def component_configs(model: BaseModel) -> dict[str, dict]:
         "text_encoder": json.loads(model.text_encoder.config.to_json_string(use_diff=False)),
         "scheduler": dict(model.scheduler_config),
     }
+    if model.text_encoder_2 is not None:
+        configs["text_encoder_2"] = json.loads(model.text_encoder_2.config.to_json_string(use_diff=False))
     # Where a component was loaded from (often a temporary folder) says nothing about the model and
     # would make two saves of the same model differ.
     drop = ("_name_or_path", "_use_default_values", "_commit_hash")
@@ -325,7 +335,11 @@ def save_single_file(model: BaseModel, path: Path, dtype: torch.dtype | None = N
         raise LoracamError(f"{path} already exists; choose another name or allow overwriting it")
     if not path.parent.is_dir():
         raise LoracamError(f"the folder {path.parent} does not exist; create it or choose another path")
-    tensors = {k: _for_file(v, dtype) for k, v in diffusers_to_ldm(model.unet, model.vae, model.text_encoder).items()}
+    if model.family == "sdxl":
+        state = sdxl_to_ldm(model.unet, model.vae, model.text_encoder, model.text_encoder_2)
+    else:
+        state = diffusers_to_ldm(model.unet, model.vae, model.text_encoder)
+    tensors = {k: _for_file(v, dtype) for k, v in state.items()}
     # One metadata key only: safetensors writes the metadata in hash-map order, which changes from
     # one save to the next, so a second key would make the bytes (and A1111's Model hash) differ
     # between two saves of the same model.

@@ -25,9 +25,11 @@ import torch
 
 from loracam.errors import LoracamError
 from loracam.models.base import BaseModel
-from loracam.models.families import FAMILIES, Family, family_of_checkpoint, family_of_pipeline, require_supported
+from loracam.models.families import (FAMILIES, Family, family_of_checkpoint, family_of_pipeline, require_supported,
+                                     short_name)
 from loracam.models.hashing import HashCache
-from loracam.models.tiny import SD15_DIR, sd15_config, sd15_configs, tiny_configs
+from loracam.models.tiny import (SD15_DIR, SDXL_DIR, clip_tokenizer, sd15_configs, sdxl_configs,
+                                 tiny_configs, tiny_sdxl_configs)
 
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -43,6 +45,9 @@ class LoadOptions:
     dtype: torch.dtype
     allow_pickle: bool = False
     hash_cache: HashCache | None = None
+    # what a checkpoint's v_pred / ztsnr marker keys would say, for files that lack them: None reads the file,
+    # "epsilon", "v_prediction" or "v_prediction+ztsnr" overrides it
+    prediction: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,8 +84,8 @@ def resolve_ref(ref: str | None) -> Ref:
     if ref is None or ref == "toy":
         return Ref("toy", "toy")
     if ref.startswith("random:"):
-        if ref not in ("random:tiny", "random:sd15"):
-            raise LoracamError(f"unknown random model {ref!r}; use random:tiny or random:sd15")
+        if ref not in RANDOM_CONFIGS:
+            raise LoracamError(f"unknown random model {ref!r}; use {', '.join(RANDOM_CONFIGS)}")
         return Ref("random", ref)
     path = Path(ref).expanduser()
     if path.is_file():
@@ -91,7 +96,7 @@ def resolve_ref(ref: str | None) -> Ref:
         return Ref("hub", ref)
     raise LoracamError(
         f"base model not found: {ref!r} is not a file, a folder, a hub id (owner/name), "
-        "random:tiny, random:sd15 or toy"
+        f"{', '.join(RANDOM_CONFIGS)} or toy"
     )
 
 
@@ -100,16 +105,22 @@ def load_base(ref: str | None, opts: LoadOptions) -> BaseModel:
     r = resolve_ref(ref)
     with _quiet_libraries():
         model = LOADERS[r.kind](r.value, opts)
-    model.unet.eval()
-    model.vae.eval()
-    model.text_encoder.eval()
-    for module in (model.unet, model.vae, model.text_encoder):
+    for module in model.modules():
+        module.eval()
         module.requires_grad_(False)
     return model
 
 
 # ---------------------------------------------------------------------------------------------
-# random:tiny and random:sd15
+# random:* (untrained models of each family's architecture, for tests and timing)
+
+# name -> (family, configs): tiny ones for tests, full-size ones for speed and memory numbers
+RANDOM_CONFIGS: dict[str, tuple[str, Callable[[], dict[str, dict]]]] = {
+    "random:tiny": ("sd1", tiny_configs),
+    "random:sd15": ("sd1", sd15_configs),
+    "random:tiny-sdxl": ("sdxl", tiny_sdxl_configs),
+    "random:sdxl": ("sdxl", sdxl_configs),
+}
 
 
 def build_random(configs: dict[str, dict], seed: int = 0):
@@ -130,10 +141,32 @@ def build_random(configs: dict[str, dict], seed: int = 0):
     return unet, vae, text_encoder, tokenizer
 
 
+def build_random_sdxl(configs: dict[str, dict], seed: int = 0) -> dict:
+    """SDXL's components from config dicts with seeded random weights (the global RNG is forked)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    def te(cfg, cls):
+        return cls(CLIPTextConfig(**{k: v for k, v in cfg.items() if k not in ("architectures", "torch_dtype")}))
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return {"unet": UNet2DConditionModel.from_config(configs["unet"]),
+                "vae": AutoencoderKL.from_config(configs["vae"]),
+                "text_encoder": te(configs["text_encoder"], CLIPTextModel),
+                "text_encoder_2": te(configs["text_encoder_2"], CLIPTextModelWithProjection),
+                "tokenizer": clip_tokenizer(SDXL_DIR / "tokenizer"),
+                "tokenizer_2": clip_tokenizer(SDXL_DIR / "tokenizer_2")}
+
+
 def _load_random(value: str, opts: LoadOptions) -> BaseModel:
-    configs = tiny_configs() if value == "random:tiny" else sd15_configs()
+    family, make = RANDOM_CONFIGS[value]
+    configs = make()
+    if family == "sdxl":
+        return _finish(value, value, build_random_sdxl(configs), configs["scheduler"], opts, family="sdxl")
     unet, vae, te, tok = build_random(configs)
-    return _finish(value, value, unet, vae, te, tok, configs["scheduler"], opts)
+    return _finish(value, value, {"unet": unet, "vae": vae, "text_encoder": te, "tokenizer": tok},
+                   configs["scheduler"], opts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,8 +235,9 @@ def detect_checkpoint_family(keys: dict[str, tuple], name: str) -> str:
     return checkpoint_family(keys, name).name
 
 
-def checkpoint_configs(path: Path, allow_pickle: bool = False) -> dict[str, dict] | None:
-    """Component configs a loracam-written checkpoint carries, else None (then it is taken as SD1.5).
+def checkpoint_configs(path: Path, allow_pickle: bool = False, family: str = "sd1") -> dict[str, dict] | None:
+    """Component configs a loracam-written checkpoint carries, else None (then it is taken as its family's
+    standard size: SD1.5, SDXL base).
 
     .safetensors keep them in the header metadata; a pickle may hold them as a top-level JSON string
     next to its ``state_dict``.
@@ -220,51 +254,80 @@ def checkpoint_configs(path: Path, allow_pickle: bool = False) -> dict[str, dict
         raw = _pickle_dict(path, allow_pickle).get(CONFIGS_KEY)
     else:
         return None
-    return None if raw is None else _parse_configs(raw, path.name)
+    return None if raw is None else _parse_configs(raw, path.name, family)
 
 
-def _parse_configs(raw, name: str) -> dict[str, dict]:
+def _parse_configs(raw, name: str, family: str = "sd1") -> dict[str, dict]:
     from loracam.models.ldm import CONFIGS_KEY
 
+    need = ("unet", "vae", "text_encoder", "scheduler") + (("text_encoder_2",) if family == "sdxl" else ())
     try:
         configs = raw if isinstance(raw, dict) else json.loads(raw)
-        missing = [c for c in ("unet", "vae", "text_encoder", "scheduler") if not isinstance(configs.get(c), dict)]
+        missing = [c for c in need if not isinstance(configs.get(c), dict)]
     except (TypeError, ValueError, AttributeError):
         missing = ["all (it is not a JSON object)"]
     if missing:
         raise LoracamError(
             f"{name} has damaged '{CONFIGS_KEY}' metadata (missing: {', '.join(missing)}); save the model "
-            "again with loracam, or remove that metadata key to load it as a standard-size SD1.5 model"
+            f"again with loracam, or remove that metadata key to load it as a standard-size {short_name(family)} model"
         )
     return configs
 
 
+# A checkpoint's markers for NoobAI-style v-prediction and zero-terminal-SNR bases: empty tensors that ComfyUI,
+# A1111 and Forge read (shared/docs/research/sdxl_flux.md s1.6); diffusers' from_single_file ignores them.
+PREDICTIONS = ("epsilon", "v_prediction", "v_prediction+ztsnr")
+
+
+def prediction_of(keys: dict[str, tuple], override: str | None) -> tuple[str, bool]:
+    """(prediction type, zero terminal SNR) from the file's v_pred/ztsnr keys, or from ``override``."""
+    if override is not None:
+        if override not in PREDICTIONS:
+            raise LoracamError(f"unknown prediction {override!r}; use {', '.join(PREDICTIONS)}")
+        return override.split("+")[0], override.endswith("+ztsnr")
+    return ("v_prediction" if "v_pred" in keys else "epsilon"), "ztsnr" in keys
+
+
 def _load_file(value: str, opts: LoadOptions) -> BaseModel:
-    from diffusers import StableDiffusionPipeline
+    import diffusers
 
     path = Path(value)
     keys = checkpoint_keys(path, opts.allow_pickle)
-    checkpoint_family(keys, path.name)
+    family = checkpoint_family(keys, path.name)
     in_ch = keys.get("model.diffusion_model.input_blocks.0.0.weight", (0, 4))[1]
-    configs = checkpoint_configs(path, opts.allow_pickle)
-    check_layout(keys, configs, in_ch, path.name)
-    with _config_folder(in_channels=in_ch, configs=configs) as cfg:
+    configs = checkpoint_configs(path, opts.allow_pickle, family.name)
+    check_layout(keys, configs, in_ch, path.name, family.name)
+    prediction, zsnr = prediction_of(keys, opts.prediction)
+    pipeline = getattr(diffusers, family.pipeline)
+    extra = {}
+    if family.name == "sdxl":  # the shipped SDXL folder holds no BPE files: both tokenizers are CLIP's, shipped once
+        extra = {"tokenizer": clip_tokenizer(SDXL_DIR / "tokenizer"),
+                 "tokenizer_2": clip_tokenizer(SDXL_DIR / "tokenizer_2")}
+    else:
+        extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    with _config_folder(family.name, in_channels=in_ch, configs=configs) as cfg:
         try:
-            pipe = StableDiffusionPipeline.from_single_file(
-                str(path), config=str(cfg), local_files_only=True, torch_dtype=torch.float32,
-                safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-            )
+            pipe = pipeline.from_single_file(str(path), config=str(cfg), local_files_only=True,
+                                             torch_dtype=torch.float32, **extra)
         except Exception as exc:
             raise LoracamError(
-                f"{path.name} looks like an SD1.x checkpoint but could not be loaded "
+                f"{path.name} looks like {family.label} checkpoint but could not be loaded "
                 f"({type(exc).__name__}: {exc}); it may be damaged or of an unsupported variant"
             ) from None
     sha = opts.hash_cache.sha256(path) if opts.hash_cache else None
-    return _finish(path.stem, str(path), pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer,
-                   dict(pipe.scheduler.config), opts, path=path, sha256=sha)
+    sched = dict(pipe.scheduler.config) | {"prediction_type": prediction}
+    if zsnr:
+        sched["rescale_betas_zero_snr"] = True
+    return _finish(path.stem, str(path), _components(pipe), sched, opts, path=path, sha256=sha, family=family.name)
 
 
-def check_layout(keys: dict[str, tuple], configs: dict[str, dict] | None, in_channels: int, name: str) -> None:
+def _components(pipe) -> dict:
+    names = ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+    return {n: getattr(pipe, n) for n in names if getattr(pipe, n, None) is not None}
+
+
+def check_layout(keys: dict[str, tuple], configs: dict[str, dict] | None, in_channels: int, name: str,
+                 family: str = "sd1") -> None:
     """Refuse a checkpoint that lacks weights or has weights of other shapes than its configs say.
 
     from_single_file fills components built on the meta device with what the file has: a missing
@@ -274,18 +337,20 @@ def check_layout(keys: dict[str, tuple], configs: dict[str, dict] | None, in_cha
     from loracam.models.ldm import canonical_name, expected_ldm_shapes
 
     own = configs is not None
+    label = short_name(family)
     if configs is None:
-        configs = sd15_configs()
+        configs = sdxl_configs() if family == "sdxl" else sd15_configs()
         configs["unet"]["in_channels"] = int(in_channels)  # inpainting models have 9
-    expected = expected_ldm_shapes(configs)
+    expected = expected_ldm_shapes(configs, family)
     have = {canonical_name(k): v for k, v in keys.items()}
     # Sizes first: a model of other sizes also lacks some tensors (shortcut convs exist only where
     # widths change), and "incomplete" would be the wrong diagnosis.
     wrong = [k for k in expected if k in have and not _same_shape(k, have[k], expected[k])]
     if wrong:
         k = wrong[0]
+        standard = "SDXL base's" if family == "sdxl" else "SD1.5's"
         what = ("the sizes in its own loracam_configs metadata: the file is damaged; save it again" if own else
-                "SD1.5's sizes: it is not a standard-size SD1.x model (if loracam wrote it, it has "
+                f"{standard} sizes: it is not a standard-size {label} model (if loracam wrote it, it has "
                 "lost its loracam_configs metadata; save it again)")
         raise LoracamError(
             f"{name}: {len(wrong)} weights do not match {what}. E.g. {k} is {list(have[k])}, "
@@ -294,14 +359,15 @@ def check_layout(keys: dict[str, tuple], configs: dict[str, dict] | None, in_cha
     missing = [k for k in expected if k not in have]
     if missing:
         raise LoracamError(
-            f"{name} lacks {len(missing)} of the {len(expected)} weights of an SD1.x model "
+            f"{name} lacks {len(missing)} of the {len(expected)} weights of {FAMILIES[family].label} "
             f"({_count_by_part(missing)}; e.g. {missing[0]}): the file is incomplete (a U-Net-only "
             "or partial export?); use a full checkpoint"
         )
 
 
 def _count_by_part(names: list[str]) -> str:
-    parts = {"model.diffusion_model.": "U-Net", "first_stage_model.": "VAE", "cond_stage_model.": "text encoder"}
+    parts = {"model.diffusion_model.": "U-Net", "first_stage_model.": "VAE", "cond_stage_model.": "text encoder",
+             "conditioner.embedders.0.": "CLIP-L text encoder", "conditioner.embedders.1.": "bigG text encoder"}
     counts = {label: sum(n.startswith(p) for n in names) for p, label in parts.items()}
     return ", ".join(f"{n} {label}" for label, n in counts.items() if n)
 
@@ -315,29 +381,31 @@ def _same_shape(key: str, have: tuple, want: tuple) -> bool:
 
 
 @contextmanager
-def _config_folder(in_channels: int, configs: dict[str, dict] | None = None):
+def _config_folder(family: str, in_channels: int, configs: dict[str, dict] | None = None):
     """The config folder from_single_file builds the components from.
 
     A loracam-written file carries its own configs (it may be of any size): they go into a temporary
-    folder. Any other file is taken as SD1.5: the shipped folder, or a temporary copy with a 9-channel
-    U-Net for inpainting models.
+    folder. Any other file is taken as its family's standard size (SD1.5, SDXL base): the shipped folder, or
+    a temporary copy with a 9-channel U-Net for inpainting models.
     """
+    shipped = SDXL_DIR if family == "sdxl" else SD15_DIR
     if configs is None and in_channels == 4:
-        yield SD15_DIR
+        yield shipped
         return
     with tempfile.TemporaryDirectory(prefix="loracam-cfg-") as tmp:
-        dst = Path(tmp) / "sd15"
-        shutil.copytree(SD15_DIR, dst)
+        dst = Path(tmp) / shipped.name
+        shutil.copytree(shipped, dst)
         if configs is None:
-            configs = {"unet": sd15_config("unet") | {"in_channels": int(in_channels)}}
+            unet = json.loads((shipped / "unet" / "config.json").read_text(encoding="utf-8"))
+            configs = {"unet": unet | {"in_channels": int(in_channels)}}
         _write_configs(dst, configs)
         yield dst
 
 
 def _write_configs(folder: Path, configs: dict[str, dict]) -> None:
-    # The tokenizer and model_index.json stay the shipped ones: loracam models all use SD1.5's.
+    # The tokenizers and model_index.json stay the shipped ones: loracam's models use their family's.
     names = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
-             "scheduler": "scheduler_config.json"}
+             "text_encoder_2": "config.json", "scheduler": "scheduler_config.json"}
     for component, cfg in configs.items():
         if component in names:
             (folder / component / names[component]).write_text(json.dumps(cfg), encoding="utf-8")
@@ -354,8 +422,8 @@ def _load_folder(value: str, opts: LoadOptions) -> BaseModel:
         if any(path.glob("*.safetensors")):
             hint = "; to use a checkpoint file in it, pass the file itself"
         raise LoracamError(f"{path} is not a diffusers model folder (no model_index.json){hint}")
-    folder_family(path)
-    return _from_pretrained(str(path), path.name, opts, local_only=True)
+    family = folder_family(path)
+    return _from_pretrained(str(path), path.name, opts, local_only=True, family=family.name)
 
 
 def folder_family(path: Path) -> Family:
@@ -373,10 +441,12 @@ def folder_family(path: Path) -> Family:
 
 
 def _load_hub(value: str, opts: LoadOptions) -> BaseModel:
-    try:
-        return _from_pretrained(value, value, opts, local_only=True)
-    except LoracamError:
-        pass  # not in the local hub cache: fetching it is what the user asked for by naming it
+    family = _hub_family(value, local_only=True)
+    if family is not None:
+        try:
+            return _from_pretrained(value, value, opts, local_only=True, family=family)
+        except LoracamError:
+            pass  # only partly in the local hub cache: fetching it is what the user asked for by naming it
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or not _reachable(endpoint):
         raise LoracamError(
@@ -384,7 +454,25 @@ def _load_hub(value: str, opts: LoadOptions) -> BaseModel:
             "the model is not in the local cache. Download it where there is a network and pass its "
             "folder or .safetensors file with --base"
         )
-    return _from_pretrained(value, value, opts, local_only=False)
+    family = _hub_family(value, local_only=False)
+    if family is None:
+        raise LoracamError(f"could not fetch {value!r}'s model_index.json: is it a diffusers pipeline repository?")
+    return _from_pretrained(value, value, opts, local_only=False, family=family)
+
+
+def _hub_family(repo: str, local_only: bool) -> str | None:
+    """The family of a hub model by its model_index.json, as for folders; None when that cannot be read."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        index = DiffusionPipeline.load_config(repo, local_files_only=local_only)
+    except Exception:
+        return None
+    family = family_of_pipeline(index.get("_class_name"))
+    if family is None:
+        raise LoracamError(f"{repo} is a diffusers model of a {index.get('_class_name') or 'nameless'} pipeline, "
+                           "which loracam does not know")
+    return require_supported(family, repo).name
 
 
 def _reachable(url: str, timeout: float = 3.0) -> bool:
@@ -397,18 +485,22 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def _from_pretrained(src: str, name: str, opts: LoadOptions, local_only: bool, **components) -> BaseModel:
-    from diffusers import StableDiffusionPipeline
+def _from_pretrained(src: str, name: str, opts: LoadOptions, local_only: bool, family: str = "sd1",
+                     **components) -> BaseModel:
+    import diffusers
 
+    if family == "sd1":
+        components |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            src, local_files_only=local_only, torch_dtype=torch.float32,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False, **components,
-        )
+        pipe = getattr(diffusers, FAMILIES[family].pipeline).from_pretrained(
+            src, local_files_only=local_only, torch_dtype=torch.float32, **components)
     except Exception as exc:
         raise LoracamError(f"could not load the diffusers model {src!r}: {type(exc).__name__}: {exc}") from None
-    return _finish(name, src, pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer,
-                   dict(pipe.scheduler.config), opts)
+    sched = dict(pipe.scheduler.config)
+    if opts.prediction is not None:  # a folder says it in its scheduler config; the override wins, as for files
+        prediction, zsnr = prediction_of({}, opts.prediction)
+        sched |= {"prediction_type": prediction, "rescale_betas_zero_snr": zsnr}
+    return _finish(name, src, _components(pipe), sched, opts, family=family)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,14 +523,16 @@ def _load_toy(value: str, opts: LoadOptions) -> BaseModel:
     return model
 
 
-def _finish(name, ref, unet, vae, te, tok, sched_cfg, opts: LoadOptions, path=None, sha256=None) -> BaseModel:
-    # The VAE stays fp32 on GPU in fp16 runs only if asked; SD1.5's VAE decodes fine in fp16 and
-    # generate() re-decodes in fp32 when it sees NaNs, as A1111 does.
-    unet.to(opts.device, opts.dtype)
-    vae.to(opts.device, opts.dtype)
-    te.to(opts.device, opts.dtype)
+def _finish(name, ref, parts: dict, sched_cfg, opts: LoadOptions, path=None, sha256=None,
+            family: str = "sd1") -> BaseModel:
+    # The VAE stays in the run's precision: SD1.5's decodes fine in fp16, and decode() redoes a decode in fp32
+    # when it sees NaNs, as A1111 does (SDXL's VAE is the one that overflows: it says so then).
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        if parts.get(part) is not None:
+            parts[part].to(opts.device, opts.dtype)
     return BaseModel(
-        name=name, ref=ref, family="sd1", unet=unet, vae=vae, text_encoder=te, tokenizer=tok,
+        name=name, ref=ref, family=family, unet=parts["unet"], vae=parts["vae"], text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"], text_encoder_2=parts.get("text_encoder_2"), tokenizer_2=parts.get("tokenizer_2"),
         scheduler_config={k: v for k, v in dict(sched_cfg).items() if not k.startswith("_")},
         device=opts.device, dtype=opts.dtype, path=path, sha256=sha256,
     )

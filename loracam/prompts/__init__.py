@@ -1,7 +1,7 @@
 """A1111 prompt syntax: attention, BREAK, scheduling, alternation, AND, <lora:...>, 75-token chunks."""
 
 from loracam.prompts.attention import parse_attention
-from loracam.prompts.encode import PromptEncoder
+from loracam.prompts.encode import ENCODERS, Encoded, PromptEncoder, SDXLPromptEncoder, encoder_for
 from loracam.prompts.inspect import inspect_prompt
 from loracam.prompts.multicond import split_and
 from loracam.prompts.networks import LoraRef, extract_networks
@@ -9,6 +9,6 @@ from loracam.prompts.schedule import prompt_schedule, text_at_step
 from loracam.prompts.tokens import CHUNK, Chunk, Chunker
 
 __all__ = [
-    "CHUNK", "Chunk", "Chunker", "LoraRef", "PromptEncoder", "extract_networks", "inspect_prompt",
+    "CHUNK", "ENCODERS", "Chunk", "Chunker", "Encoded", "SDXLPromptEncoder", "encoder_for", "LoraRef", "PromptEncoder", "extract_networks", "inspect_prompt",
     "parse_attention", "prompt_schedule", "split_and", "text_at_step",
 ]
