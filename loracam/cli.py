@@ -25,6 +25,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="loracam: a LoRA photo studio. Prepare photos, train LoRAs, compose, grid, finish.")
 
 
+PREDICTION_HELP = ("For a base whose file lacks the v_pred/ztsnr markers: epsilon, v_prediction or "
+                   "v_prediction+ztsnr (NoobAI v-pred).")
+
+
 @app.command()
 @user_errors
 def gen(
@@ -68,6 +72,8 @@ def gen(
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32, fp16, bf16."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .ckpt checkpoints (loaded weights-only)."),
+    vae: Optional[Path] = typer.Option(None, "--vae", help="A separate VAE file or folder (sdxl-vae-fp16-fix...)."),
+    prediction: Optional[str] = typer.Option(None, "--prediction", help=PREDICTION_HELP),
     config: Optional[Path] = typer.Option(None, "--config", help="A TOML file of gen options; flags override it."),
     from_image: Optional[Path] = typer.Option(None, "--from", help="Re-render a PNG from its infotext."),
     ckpt_dir: Optional[List[Path]] = typer.Option(None, "--ckpt-dir", help="Where --from looks for the image's model."),
@@ -86,8 +92,8 @@ def gen(
         seed=seed, sampler=sampler, schedule=schedule, steps=steps, cfg=cfg, width=width, height=height,
         clip_skip=clip_skip, init_image=str(init_image) if init_image else None,
         mask=str(mask) if mask else None, denoising=denoising, mask_blur=mask_blur, device=device,
-        precision=precision, allow_pickle=allow_pickle or None,
-        lora_dirs=tuple(map(str, lora_dir)) if lora_dir else None, **hires_flags(
+        precision=precision, allow_pickle=allow_pickle or None, vae=str(vae) if vae else None,
+        prediction=prediction, lora_dirs=tuple(map(str, lora_dir)) if lora_dir else None, **hires_flags(
             hires_scale, hires_resize, hires_upscaler, hires_steps, upscaler_dir),
         detail=detail_passes(detail, detail_denoising, detail_confidence, detail_padding, detail_mask_blur,
                              detail_controlnet),

@@ -81,3 +81,42 @@ def test_random_sdxl_refs_and_the_sdxl_folder_load(tmp_path):
     assert model.unet.config.addition_embed_type == "text_time"
     with pytest.raises(LoracamError, match="random:tiny-sdxl, random:sdxl"):
         load_base("random:sdxl-nope", opts())
+
+
+def test_a_separate_vae_replaces_the_bases_and_is_named_in_the_infotext(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from loracam.generate import GenRequest, generate
+    from loracam.models import HashCache, ModelCache, tiny_sdxl_configs
+    from loracam.models.ldm import VAE_PREFIX, vae_to_ldm
+
+    torch.manual_seed(5)
+    vae = AutoencoderKL.from_config(tiny_sdxl_configs()["vae"])
+    ldm = {k[len(VAE_PREFIX):]: v.contiguous() for k, v in vae_to_ldm(vae).items()}  # a VAE file has no prefix
+    save_file(ldm, tmp_path / "xlVaeFix.safetensors")
+    models = ModelCache(HashCache(tmp_path / "hashes.json"))
+    req = dict(prompt="1girl", base="random:tiny-sdxl", steps=2, seed=1, device="cpu", precision="fp32")
+    plain = generate(GenRequest(**req), models).images[0]
+    fixed = generate(GenRequest(**req, vae=str(tmp_path / "xlVaeFix.safetensors")), models).images[0]
+    assert "VAE: xlVaeFix.safetensors" in fixed.infotext and "VAE hash: " in fixed.infotext
+    assert "VAE" not in plain.infotext
+    assert np.abs(np.asarray(fixed.image, np.int16) - np.asarray(plain.image, np.int16)).max() > 0
+    with pytest.raises(LoracamError, match="--vae nothing.safetensors: no such file"):
+        generate(GenRequest(**req, vae="nothing.safetensors"), models)
+
+
+def test_a_vae_that_overflows_in_half_precision_is_decoded_in_fp32_and_says_so(tiny_sdxl):
+    import copy
+
+    from loracam.generate.engine import decode
+
+    model = copy.copy(tiny_sdxl)
+    model.extra = {}
+    model.vae = copy.deepcopy(tiny_sdxl.vae).to(torch.float16)
+    model.dtype = torch.float16
+    with torch.no_grad():
+        model.vae.decoder.conv_in.weight.mul_(1e5)  # activations beyond fp16's range (65504): inf, then NaN
+    z = torch.randn(1, 4, 8, 8)
+    out = decode(model, z)
+    assert torch.isfinite(out).all()
+    assert "decoded in fp32" in model.extra["vae_upcast_note"]

@@ -50,7 +50,8 @@ def save_rendered(r: Rendered, outdir: Path) -> Path:
 
 def load_model(req: GenRequest, models: ModelCache) -> BaseModel:
     device = pick_device(req.device)
-    return models.get(req.base, device, pick_dtype(req.precision, device), allow_pickle=req.allow_pickle)
+    return models.get(req.base, device, pick_dtype(req.precision, device), allow_pickle=req.allow_pickle,
+                      prediction=req.prediction, vae=req.vae)
 
 
 def native_size(model: BaseModel) -> tuple[int, int]:
@@ -148,6 +149,9 @@ def render_samples(model: BaseModel, shared: Shared, samples: Sequence[Sample], 
     images = render(model, shared, samples, stack, weights if files else None, init, progress, control)
     if control is not None and warnings is not None:
         warnings += [n for n in control.notes if n not in warnings]
+    note = model.extra.get("vae_upcast_note")
+    if note and warnings is not None and note not in warnings:
+        warnings.append(note)
     hashes = {n: library.short_hash(n) for n in names}
     out = []
     size = (shared.width, shared.height)
@@ -171,11 +175,14 @@ def infotext_params(model: BaseModel, shared: Shared, s: Sample, lora_hashes: di
         "Size": f"{shared.width}x{shared.height}",
         "Model hash": model.short_hash,
         "Model": model.name,
+        "VAE hash": model.extra.get("vae_hash"),
+        "VAE": model.extra.get("vae"),
         "Denoising strength": f"{shared.denoising:g}" if shared.denoising is not None else None,
         "Mask blur": shared.mask_blur if shared.denoising is not None and shared.mask_blur != 4 else None,
         **(shared.hires.infotext() if shared.hires is not None else {}),
         "Clip skip": shared.clip_skip if shared.clip_skip > 1 else None,
         "Lora hashes": ", ".join(f"{n}: {h}" for n, h in lora_hashes.items()) or None,
+        "Noise Schedule": "Zero Terminal SNR" if model.scheduler_config.get("rescale_betas_zero_snr") else None,
         "Version": f"loracam {__version__}",
     }
 

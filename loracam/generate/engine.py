@@ -271,6 +271,10 @@ def decode(model: BaseModel, latents: torch.Tensor) -> torch.Tensor:
         vae32 = model.extra.get("vae_fp32")
         if vae32 is None:
             vae32 = model.extra["vae_fp32"] = copy.deepcopy(model.vae).float()
+            model.extra["vae_upcast_note"] = (
+                f"the VAE overflowed in {str(model.dtype).removeprefix('torch.')} (SDXL's does): decoded in fp32 "
+                "instead, as A1111 does; --precision bf16, or --vae with an fp16-safe VAE (sdxl-vae-fp16-fix), "
+                "avoids the second decode")
         x = vae32.decode(z.float(), return_dict=False)[0]
     return (x / 2 + 0.5).clamp(0, 1)
 

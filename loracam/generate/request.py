@@ -48,6 +48,8 @@ class GenRequest:
     device: str = "auto"
     precision: str = "auto"
     allow_pickle: bool = False
+    prediction: str | None = None  # a base's prediction type when its file does not say (v_prediction+ztsnr)
+    vae: str | None = None  # a separate VAE file or folder (A1111's SD VAE)
 
     def __post_init__(self):
         if self.steps < 1:

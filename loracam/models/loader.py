@@ -48,6 +48,7 @@ class LoadOptions:
     # what a checkpoint's v_pred / ztsnr marker keys would say, for files that lack them: None reads the file,
     # "epsilon", "v_prediction" or "v_prediction+ztsnr" overrides it
     prediction: str | None = None
+    vae: str | None = None  # a separate VAE (file or diffusers folder) replacing the base's: --vae
 
 
 @dataclass(frozen=True)
@@ -105,10 +106,48 @@ def load_base(ref: str | None, opts: LoadOptions) -> BaseModel:
     r = resolve_ref(ref)
     with _quiet_libraries():
         model = LOADERS[r.kind](r.value, opts)
+    if opts.vae:
+        with _quiet_libraries():
+            use_vae(model, opts)
     for module in model.modules():
         module.eval()
         module.requires_grad_(False)
     return model
+
+
+def use_vae(model: BaseModel, opts: LoadOptions) -> None:
+    """Replace the base's VAE with ``opts.vae`` (A1111's SD VAE: sdxl-vae-fp16-fix and the like), a .safetensors
+    file in LDM or diffusers names or a diffusers folder, built from the family's VAE config; its name and hash go
+    into the infotext as A1111's "VAE" and "VAE hash"."""
+    from diffusers import AutoencoderKL
+
+    path = Path(opts.vae).expanduser()
+    if not path.exists():
+        raise LoracamError(f"--vae {opts.vae}: no such file or folder")
+    try:
+        if path.is_dir():
+            vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True, torch_dtype=torch.float32)
+        else:
+            if path.suffix.lower() not in SAFE_SUFFIXES:
+                raise LoracamError(f"--vae {path.name}: loracam reads VAEs as .safetensors; use that version")
+            checkpoint_keys(path, False)  # a damaged file is a message, not a traceback from safetensors
+            with tempfile.TemporaryDirectory(prefix="loracam-vae-") as tmp:  # built like the base's own VAE
+                (Path(tmp) / "vae").mkdir()
+                (Path(tmp) / "vae" / "config.json").write_text(model.vae.to_json_string(), encoding="utf-8")
+                vae = AutoencoderKL.from_single_file(str(path), config=tmp, subfolder="vae",
+                                                     local_files_only=True, torch_dtype=torch.float32)
+    except LoracamError:
+        raise
+    except Exception as exc:
+        raise LoracamError(f"--vae {path.name} could not be loaded as {model.spec.short}'s VAE "
+                           f"({type(exc).__name__}: {exc}); is it a VAE of this family?") from None
+    if vae.config.latent_channels != model.vae.config.latent_channels:
+        raise LoracamError(f"--vae {path.name} has {vae.config.latent_channels} latent channels; "
+                           f"{model.spec.short} needs {model.vae.config.latent_channels}")
+    model.vae = vae.to(opts.device, opts.dtype)
+    model.extra["vae"] = path.name
+    if opts.hash_cache and path.is_file():
+        model.extra["vae_hash"] = opts.hash_cache.sha256(path)[:10]
 
 
 # ---------------------------------------------------------------------------------------------
