@@ -81,3 +81,78 @@ def test_sdxl_renders_a_batch_as_each_image_alone(tiny_sdxl):
     alone = [render(tiny_sdxl, shared, [s])[0] for s in samples]
     for a, b in zip(both, alone):
         assert np.abs(px(a) - px(b)).max() <= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# the other stages on an SDXL base
+
+
+def test_sdxl_img2img_matches_diffusers_sdxl_img2img_pipeline(tiny_sdxl, tmp_path):
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+    from PIL import Image
+
+    from loracam.generate.engine import InitImages, encode_image
+
+    rng = np.random.default_rng(1)
+    init = Image.fromarray((rng.random((64, 64, 3)) * 255).astype("uint8"))
+    shared = Shared(64, 64, 4, "Euler", "Automatic", denoising=0.5)
+    [mine] = render(tiny_sdxl, shared, [Sample("a red dress", "ugly", 9, 7.0)], init=InitImages(image=init))
+    pipe = StableDiffusionXLImg2ImgPipeline(**tiny_sdxl.components(), requires_aesthetics_score=False)
+    pipe.scheduler = build_scheduler(tiny_sdxl.scheduler_config, "Euler", "Automatic")
+    pipe.set_progress_bar_config(disable=True)
+    # diffusers samples the init latents from the VAE's distribution, loracam (as A1111) takes its mean: give
+    # diffusers loracam's latents (a 4-channel "image" is taken as latents), so the rest must agree exactly
+    with torch.inference_mode():
+        latents = encode_image(tiny_sdxl, init)
+    ref = pipe("a red dress", image=latents, strength=0.5, negative_prompt="ugly", num_inference_steps=4,
+               guidance_scale=7.0, generator=torch.Generator().manual_seed(9)).images[0]
+    assert np.abs(px(mine) - px(ref)).max() <= 1
+
+
+def test_a_9_channel_sdxl_inpainting_model_inpaints_and_keeps_the_outside(tmp_path):
+    from PIL import Image
+
+    from loracam.generate import GenRequest, generate
+    from loracam.models import LoadOptions, ModelCache, load_base, tiny_sdxl_configs
+    from loracam.models.loader import build_random_sdxl, _finish
+    from loracam.models.ldm import save_single_file
+
+    configs = tiny_sdxl_configs()
+    configs["unet"]["in_channels"] = 9
+    opts = LoadOptions(torch.device("cpu"), torch.float32)
+    model = _finish("inp", "inp", build_random_sdxl(configs), configs["scheduler"], opts, family="sdxl")
+    path = save_single_file(model, tmp_path / "xlInpainting.safetensors")
+    loaded = load_base(str(path), opts)
+    assert loaded.is_inpainting and loaded.family == "sdxl"
+    rng = np.random.default_rng(2)
+    Image.fromarray((rng.random((64, 64, 3)) * 255).astype("uint8")).save(tmp_path / "photo.png")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    mask.save(tmp_path / "mask.png")
+    [r] = generate(GenRequest(prompt="a hat", base=str(path), steps=3, seed=1, device="cpu", precision="fp32",
+                              init_image=str(tmp_path / "photo.png"), mask=str(tmp_path / "mask.png"), mask_blur=0),
+                   ModelCache()).images
+    out, src = px(r.image), px(Image.open(tmp_path / "photo.png"))
+    assert np.abs(out[:8] - src[:8]).max() == 0  # outside the mask: the photo, untouched
+    assert np.abs(out[20:44, 20:44] - src[20:44, 20:44]).mean() > 5  # inside: repainted
+
+
+def test_sdxl_hires_fix_and_a_grid_of_lora_weights(tmp_path, tiny_sdxl):
+    from loracam.generate import GenRequest, generate
+    from loracam.grid import AxisSpec, GridOptions, run_grid
+    from loracam.lora import LoraLibrary, random_lora, write_kohya
+    from loracam.models import ModelCache
+
+    models = ModelCache()
+    hires = generate(GenRequest(prompt="1girl", base="random:tiny-sdxl", steps=2, seed=3, device="cpu",
+                                precision="fp32", width=32, height=32, hires_scale=2.0), models).images[0]
+    assert hires.image.size == (64, 64) and "Hires upscale: 2" in hires.infotext
+    m = tiny_sdxl
+    write_kohya(tmp_path / "dress.safetensors", random_lora(m.unet, m.text_encoder, dim=4, seed=1, std=0.2,
+                                                            text_encoder_2=m.text_encoder_2), {})
+    req = GenRequest(prompt="1girl <lora:dress:0.5>", base="random:tiny-sdxl", steps=2, seed=7, device="cpu",
+                     precision="fp32", width=32, height=32)
+    res = run_grid(req, [AxisSpec.parse("lora:dress=0,0.8")], GridOptions(batch_size=4), models,
+                   LoraLibrary([tmp_path]), tmp_path / "grid")
+    a, b = (px(c.image) for c in res.cells[0][0])
+    assert res.rendered == 2 and np.abs(a - b).mean() > 1

@@ -57,10 +57,11 @@ class Guidance:
         self.steers = list(steers)
 
     def residuals(self, x: torch.Tensor, t, ctx: torch.Tensor, samples: torch.Tensor, uncond: torch.Tensor,
-                  frac: float):
+                  frac: float, added: dict | None = None):
         """(down residuals, mid residual) for U-Net rows ``x`` [rows, 4, h, w] or (None, None).
 
-        ``samples`` [rows] is each row's sample, ``uncond`` [rows] bool marks the unconditional rows."""
+        ``samples`` [rows] is each row's sample, ``uncond`` [rows] bool marks the unconditional rows; ``added`` is
+        the rows' SDXL conditioning (pooled text, size ids), which an SDXL ControlNet takes as its U-Net does."""
         down_sum = mid_sum = None
         for s in self.steers:
             if not active(s.unit, frac):
@@ -74,8 +75,9 @@ class Guidance:
             if not bool((w != 0).any()):
                 continue
             cond = s.cond.expand(len(rows), -1, -1, -1) if s.cond.shape[0] == 1 else s.cond[samples[rows]]
+            extra = {"added_cond_kwargs": {k: v[rows] for k, v in added.items()}} if added is not None else {}
             down, mid = s.net(x[rows], t, encoder_hidden_states=ctx[rows], controlnet_cond=cond,
-                              conditioning_scale=1.0, return_dict=False)
+                              conditioning_scale=1.0, return_dict=False, **extra)
             scales = soft_scales(len(down) + 1, s.unit.mode)
             if down_sum is None:
                 down_sum = [torch.zeros((x.shape[0],) + tuple(d.shape[1:]), device=x.device, dtype=d.dtype) for d in down]

@@ -2,8 +2,11 @@
 
 Formats: diffusers folders (config.json + weights); single files (.safetensors, or .pth/.pt loaded
 weights-only: torch's safe loader, which runs no code) with lllyasviel's LDM names (``control_model.*``)
-or diffusers' names. A single file's config comes from loracam's own metadata when it has it, else the
-SD1.5 ControlNet config loracam ships (loracam/models/configs/controlnet_sd15), so nothing is fetched.
+or diffusers' names. A single file's config comes from loracam's own metadata when it has it, else its family's
+standard one: the SD1.5 ControlNet config loracam ships (loracam/models/configs/controlnet_sd15), or for an SDXL
+ControlNet (told apart by its text width, 2048, and its added embedding) one made from SDXL's shipped U-Net config,
+as diffusers' SDXL ControlNets are; nothing is fetched. A ControlNet of another family than the base is refused
+with both named.
 Infotexts name a model ``stem [hash]``, the hash A1111's: the first 8 hex of the sha256 of 64 KiB read at
 offset 1 MiB of the file.
 """
@@ -126,7 +129,7 @@ class ControlNets:
         key = (str(net.path.resolve()), str(device), str(dtype))
         with self._lock:
             if key not in self._loaded:
-                model = load_controlnet(net.path)
+                model = load_controlnet(net.path, unet_family(unet_config))
                 check_fits(model.config, unet_config, net.name)
                 if dtype != torch.float32:
                     model = model.half() if dtype == torch.float16 else model.to(dtype=dtype)
@@ -134,18 +137,22 @@ class ControlNets:
             return self._loaded[key]
 
 
-def load_controlnet(path: Path):
-    """A ControlNetModel from a diffusers folder or a single file (see the module's docstring)."""
+def load_controlnet(path: Path, base_family: str = "sd1"):
+    """A ControlNetModel from a diffusers folder or a single file (see the module's docstring), for a base of
+    ``base_family``."""
     from diffusers import ControlNetModel
 
     if path.is_dir():
         try:
-            return ControlNetModel.from_pretrained(str(path), local_files_only=True)
+            model = ControlNetModel.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError, EnvironmentError) as exc:
             raise LoracamError(f"{path} could not be loaded as a diffusers ControlNet folder ({exc})") from None
+        _same_family(config_family(model.config), base_family, path.name)
+        return model
     state, meta = _read_state(path)
-    _check_kind(state, path.name)
-    config = _config_of(path, meta)
+    family = _check_kind(state, path.name)
+    _same_family(family, base_family, path.name)
+    config = _config_of(path, meta, family)
     if any(k.startswith("control_model.") for k in state):
         from loracam.models.ldm import controlnet_from_ldm
 
@@ -158,12 +165,14 @@ def load_controlnet(path: Path):
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
-        raise LoracamError(f"{path.name} does not fit an SD1.5 ControlNet ({str(exc).splitlines()[0]})") from None
+        standard = "an SDXL" if family == "sdxl" else "an SD1.5"
+        raise LoracamError(f"{path.name} does not fit {standard} ControlNet ({str(exc).splitlines()[0]}); a "
+                           "smaller or other variant needs its config.json beside it as STEM.json") from None
     return model.float()
 
 
-def _config_of(path: Path, meta: dict) -> dict:
-    """The file's own config (loracam's metadata), a ``STEM.json`` diffusers config beside it, or SD1.5's."""
+def _config_of(path: Path, meta: dict, family: str = "sd1") -> dict:
+    """The file's own config (loracam's metadata), a ``STEM.json`` diffusers config beside it, or its family's."""
     try:
         if CONFIG_KEY in meta:
             return json.loads(meta[CONFIG_KEY])
@@ -172,7 +181,42 @@ def _config_of(path: Path, meta: dict) -> dict:
             return json.loads(side.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise LoracamError(f"{path.name}: its ControlNet config is not valid JSON ({exc})") from None
+    if family == "sdxl":
+        return sdxl_controlnet_config()
     return json.loads((CONFIG_DIR / "config.json").read_text(encoding="utf-8"))
+
+
+def sdxl_controlnet_config(unet_config: dict | None = None) -> dict:
+    """The ControlNet diffusers makes from an SDXL U-Net (ControlNetModel.from_unet): its encoder half and added
+    embedding, a 3-channel hint encoder; the shipped SDXL base's U-Net by default."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from loracam.models import sdxl_configs
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(unet_config or sdxl_configs()["unet"])
+        net = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
+    return {k: v for k, v in dict(net.config).items() if not k.startswith("_")}
+
+
+def unet_family(config) -> str:
+    """"sdxl" for a U-Net (or ControlNet) that takes SDXL's pooled text and size ids, else "sd1"."""
+    return config_family(config)
+
+
+def config_family(config) -> str:
+    if config.get("addition_embed_type") == "text_time":
+        return "sdxl"
+    return FAMILIES.get(config.get("cross_attention_dim"), ("sd1", ""))[0]
+
+
+def _same_family(family: str, base_family: str, name: str) -> None:
+    if family != base_family:
+        from loracam.models.families import short_name
+
+        raise LoracamError(f"{name} is {'an' if family in ('sd1', 'sdxl') else 'a'} {short_name(family)} ControlNet; "
+                           f"the base model is {short_name(base_family)}: use a ControlNet made for "
+                           f"{short_name(base_family)}")
 
 
 def save_single_file(controlnet, path: Path) -> Path:
@@ -227,8 +271,8 @@ def text_width(shapes, ldm: bool) -> int | None:
     return shapes[probe][1] if probe in shapes else None
 
 
-def _check_kind(state: dict, name: str) -> None:
-    """Say what a file is when it is not an SD1.5 ControlNet."""
+def _check_kind(state: dict, name: str) -> str:
+    """The family of a ControlNet file ("sd1", "sdxl"); a file that is no ControlNet, or of SD2, is refused."""
     keys = list(state)
     if any(k.startswith(("lora_unet_", "lora_te")) or ".lora_down." in k for k in keys):
         raise LoracamError(f"{name} is a LoRA, not a ControlNet: put it in --lora-dir and use <lora:NAME:W>")
@@ -238,19 +282,18 @@ def _check_kind(state: dict, name: str) -> None:
     if not ldm and "controlnet_cond_embedding.conv_in.weight" not in state:
         raise LoracamError(f"{name} is not a ControlNet (no control_model.* or controlnet_cond_embedding "
                            "weights); T2I-Adapters and control-LoRAs are not supported")
-    if any("label_emb" in k or "add_embedding" in k for k in keys):
-        raise LoracamError(f"{name} is an SDXL ControlNet; loracam's bases are SD1.x: use an SD1.5 ControlNet "
-                           "(control_v11p_sd15_...)")
     width = text_width({k: v.shape for k, v in state.items()}, ldm)
-    if width in (1024, 2048):
-        family = FAMILIES[width][1]
-        raise LoracamError(f"{name} is an {family} ControlNet; loracam's bases are SD1.x: use an SD1.5 ControlNet")
+    if any("label_emb" in k or "add_embedding" in k for k in keys) or width == 2048:
+        return "sdxl"
+    if width == 1024:
+        raise LoracamError(f"{name} is an SD2.x ControlNet; loracam runs SD1.x and SDXL bases: use a ControlNet "
+                           "for one of those")
+    return "sd1"
 
 
 def check_fits(config, unet_config, name: str) -> None:
     """A ControlNet adds its residuals to the U-Net's skip connections: the widths must be the U-Net's."""
-    if config.get("addition_embed_type") == "text_time" or config.get("cross_attention_dim") == 2048:
-        raise LoracamError(f"{name} is an SDXL ControlNet; loracam's bases are SD1.x: use an SD1.5 ControlNet")
+    _same_family(config_family(config), config_family(unet_config), name)
     mine = (list(config["block_out_channels"]), config["cross_attention_dim"], config["layers_per_block"])
     base = (list(unet_config["block_out_channels"]), unet_config["cross_attention_dim"], unet_config["layers_per_block"])
     if mine != base:

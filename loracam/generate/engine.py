@@ -214,7 +214,7 @@ def _unet_rows(model, x, t, plan: CondPlan, rows: Rows, set_rows, inpaint, guide
         if added is not None:
             extra["added_cond_kwargs"] = added
         if guide is not None:
-            down, mid = guide.residuals(x_plain[ix], t, ctx, samples[ix], uncond[ix], frac)
+            down, mid = guide.residuals(x_plain[ix], t, ctx, samples[ix], uncond[ix], frac, added)
             if down is not None:
                 extra |= {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
         out[ix] = model.unet(x_rows[ix], t, encoder_hidden_states=ctx, return_dict=False, **extra)[0]

@@ -101,6 +101,21 @@ def resolve_ref(ref: str | None) -> Ref:
     )
 
 
+def ref_family(ref: str | None, allow_pickle: bool = False) -> str:
+    """The family of the model a reference names, without loading it (tensor names, model_index.json), so a
+    trainer can pick its family's presets and sizes first."""
+    r = resolve_ref(ref)
+    if r.kind == "random":
+        return RANDOM_CONFIGS[r.value][0]
+    if r.kind == "file":
+        return checkpoint_family(checkpoint_keys(Path(r.value), allow_pickle), Path(r.value).name).name
+    if r.kind == "folder" and (Path(r.value) / "model_index.json").exists():
+        return folder_family(Path(r.value)).name
+    if r.kind == "hub":
+        return _hub_family(r.value, local_only=True) or "sd1"
+    return "sd1"  # the toy base, or a folder load_base will explain
+
+
 def load_base(ref: str | None, opts: LoadOptions) -> BaseModel:
     """Load the model a reference names, with every problem reported as a LoracamError."""
     r = resolve_ref(ref)
@@ -535,11 +550,7 @@ def _from_pretrained(src: str, name: str, opts: LoadOptions, local_only: bool, f
             src, local_files_only=local_only, torch_dtype=torch.float32, **components)
     except Exception as exc:
         raise LoracamError(f"could not load the diffusers model {src!r}: {type(exc).__name__}: {exc}") from None
-    sched = dict(pipe.scheduler.config)
-    if opts.prediction is not None:  # a folder says it in its scheduler config; the override wins, as for files
-        prediction, zsnr = prediction_of({}, opts.prediction)
-        sched |= {"prediction_type": prediction, "rescale_betas_zero_snr": zsnr}
-    return _finish(name, src, _components(pipe), sched, opts, family=family)
+    return _finish(name, src, _components(pipe), dict(pipe.scheduler.config), opts, family=family)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -569,6 +580,10 @@ def _finish(name, ref, parts: dict, sched_cfg, opts: LoadOptions, path=None, sha
     for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
         if parts.get(part) is not None:
             parts[part].to(opts.device, opts.dtype)
+    sched_cfg = dict(sched_cfg)
+    if opts.prediction is not None:  # a folder's scheduler config or a file's markers say it; the override wins
+        prediction, zsnr = prediction_of({}, opts.prediction)
+        sched_cfg |= {"prediction_type": prediction, "rescale_betas_zero_snr": zsnr}
     return BaseModel(
         name=name, ref=ref, family=family, unet=parts["unet"], vae=parts["vae"], text_encoder=parts["text_encoder"],
         tokenizer=parts["tokenizer"], text_encoder_2=parts.get("text_encoder_2"), tokenizer_2=parts.get("tokenizer_2"),

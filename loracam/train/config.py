@@ -42,6 +42,8 @@ class TrainConfig:
     optimizer: str = "AdamW"
     lr: float | None = None  # U-Net learning rate
     te_lr: float | None = None  # text-encoder learning rate (default: the preset's; without one the U-Net's)
+    te2_lr: float | None = None  # SDXL's second text encoder (bigG); None: as te_lr
+    prediction: str | None = None  # the base's prediction when its file lacks v_pred/ztsnr markers (as gen's)
     lr_scheduler: str | None = None
     warmup_steps: int = 0
     weight_decay: float = 1e-2
@@ -114,6 +116,7 @@ class Preset:
     min_steps: int
     max_steps: int
     recommended_weight: float
+    asked_te_lr: float | None = None  # the text encoder's rate when a preset that keeps it frozen is asked to train it
 
 
 # The defaults, and why (anchors.md, the NGA guide):
@@ -133,6 +136,21 @@ PRESETS: dict[str, Preset] = {
     "person": Preset(16, 8.0, 1e-4, 5e-5, "kohya", "cosine", 200, 1500, 3000, 0.8),
     "style": Preset(32, 16.0, 1e-4, None, "kohya", "cosine", 100, 1000, 3000, 0.6),
 }
+# SDXL (shared/docs/research/sdxl_flux.md s1.4). sd-scripts' SDXL LoRA example trains dim 32 / alpha 16 at 1e-4 with
+# both text encoders at 1e-5 and calls U-Net-only training "highly recommended" for SDXL: every preset keeps the
+# encoders frozen (which also lets their outputs be cached) and trains them at 1e-5 when asked. Ranks: dim 32 for the
+# broad subjects, 16 for a face and shoes (kohya's 8 GB advice is dim 4-8; 16 keeps a face's detail at 1024 px).
+# Steps: SDXL at 1024 px sees 4x the pixels per step; the SD1.5 rules are kept, halved for the face, whose identity
+# peaks early on SDXL in users' reports. Nothing here was measured on a real SDXL base: there is none offline.
+SDXL_PRESETS: dict[str, Preset] = {
+    "face": Preset(16, 8.0, 1e-4, None, "kohya", "cosine", 100, 400, 1200, 0.9, 1e-5),
+    "garment": Preset(32, 16.0, 1e-4, None, "kohya", "cosine", 200, 3000, 5000, 0.6, 1e-5),
+    "shoes": Preset(16, 8.0, 1e-4, None, "kohya", "cosine", 200, 2000, 4000, 0.6, 1e-5),
+    "person": Preset(32, 16.0, 1e-4, None, "kohya", "cosine", 200, 1500, 3000, 0.8, 1e-5),
+    "style": Preset(32, 16.0, 1e-4, None, "kohya", "cosine", 100, 1000, 3000, 0.6, 1e-5),
+}
+PRESETS_BY_FAMILY: dict[str, dict[str, Preset]] = {"sd1": PRESETS, "sdxl": SDXL_PRESETS}
+
 # sd-scripts' defaults: the text encoder is trained too (network_train_unet_only is off), and its
 # text_encoder_lr falls back to learning_rate: kohya's 264 modules on SD1.5, 72 of them in the text encoder.
 GENERIC = Preset(4, 1.0, 1e-4, "unet", "kohya", "constant", 0, 0, 1600, 1.0)
@@ -149,13 +167,13 @@ class Resolved:
     lr_scale: float = 1.0  # the factor put on a rate taken from the preset; 1.0 when every rate was given
 
 
-def resolve(cfg: TrainConfig, lr_scale: float = 1.0) -> Resolved:
-    """Fill the unset network/optimisation fields from the subject preset (or sd-scripts' defaults).
+def resolve(cfg: TrainConfig, lr_scale: float = 1.0, family: str = "sd1") -> Resolved:
+    """Fill the unset network/optimisation fields from the family's subject preset (or sd-scripts' defaults).
 
     ``lr_scale`` multiplies the learning rates taken from the preset (not the ones the user gave):
-    the presets are SD1.5's, and a base may need others (models.preset_lr_scale).
+    the presets are SD1.5's and SDXL's, and a base may need others (models.preset_lr_scale).
     """
-    p = PRESETS.get(cfg.subject or "", GENERIC)
+    p = PRESETS_BY_FAMILY.get(family, PRESETS).get(cfg.subject or "", GENERIC)
     # A full fine-tune leaves the text encoder alone unless asked, as sd-scripts' fine_tune.py does.
     default_te = p.te_lr is not None and not cfg.full
     train_te = cfg.train_text_encoder if cfg.train_text_encoder is not None else default_te
@@ -182,6 +200,8 @@ def _te_rate(p: Preset, unet_lr: float) -> float:
     ratio) for a preset that keeps the text encoder frozen unless asked."""
     if p.te_lr == "unet":
         return unet_lr
+    if p.te_lr is None and p.asked_te_lr is not None:
+        return p.asked_te_lr
     return p.te_lr if p.te_lr is not None else unet_lr / 2
 
 

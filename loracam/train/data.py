@@ -91,6 +91,7 @@ class Sample:
     bucket: tuple[int, int]  # width, height
     resized: tuple[int, int]  # size before the centre crop to the bucket
     subset: str  # the subset folder's name, e.g. "10_sks woman"
+    original: tuple[int, int] = (0, 0)  # the image's own size (width, height): SDXL's original-size ids
 
     @property
     def key(self) -> str:
@@ -105,6 +106,8 @@ class Batch:
     captions: list[str]  # after this batch's caption shuffle
     loss_weights: torch.Tensor  # [B] 1.0 for training images, prior_loss_weight for reg images
     flipped: list[bool]
+    originals: list[tuple[int, int]] = ()  # each image's own size (width, height)
+    bucket: tuple[int, int] = (0, 0)  # the batch's bucket (width, height)
 
 
 class TrainData:
@@ -170,16 +173,17 @@ class TrainData:
         flipped = [self._flipped(epoch, batch_index, i) for i in range(len(keys))]
         captions = self._captions(samples, epoch, batch_index)
         weights = torch.tensor([self.cfg.prior_loss_weight if s.is_reg else 1.0 for s in samples])
+        sizes = {"originals": [s.original for s in samples], "bucket": samples[0].bucket}
         if self._latents:
             latents = torch.stack([self._latents[(k, f)] for k, f in zip(keys, flipped)])
-            return Batch(list(keys), None, latents, captions, weights, flipped)
+            return Batch(list(keys), None, latents, captions, weights, flipped, **sizes)
         pixels = torch.stack([self._pixels(_load_array(s), f) for s, f in zip(samples, flipped)])
         latents = None
         if vae is not None:  # not cached: fresh noise each time, like sd-scripts without --cache_latents
             gens = [_generator(f"{self.seed}-{epoch}-{batch_index}-{i}-latent") for i in range(len(keys))]
             with torch.no_grad():
                 latents = encode(vae, pixels.to(vae.device, vae.dtype), gens)
-        return Batch(list(keys), pixels, latents, captions, weights, flipped)
+        return Batch(list(keys), pixels, latents, captions, weights, flipped, **sizes)
 
     def _sample(self, key: str) -> Sample:
         try:
@@ -328,7 +332,7 @@ def _read_samples(kohya: KohyaDataset, bucketing: Bucketing) -> list[Sample]:
                 problems.append(f"  {image.path.relative_to(kohya.root)}: {problem}")
                 continue
             samples.append(Sample(image.path, subset.caption_of(image), subset.repeats, subset.is_reg,
-                                  bucket, resized, subset.dir.name))
+                                  bucket, resized, subset.dir.name, size))
     if problems:  # all of them at once, so one pass fixes the folder
         raise LoracamError(f"{len(problems)} image(s) in {kohya.root} cannot be trained on; remove or replace "
                            "them (or re-run `loracam prep`):\n" + "\n".join(problems))

@@ -18,7 +18,8 @@ def lora_metadata(run, step: int) -> dict[str, str]:
     ident = run.identity
     output_name = run.output.stem
     meta = {
-        **network_metadata(run.network_cfg),
+        **network_metadata(run.network_cfg, run.model.family, run.model.prediction_type,
+                           bool(run.model.scheduler_config.get("rescale_betas_zero_snr"))),
         "ss_output_name": output_name,
         "ss_sd_model_name": run.model.name,
         "ss_new_sd_model_hash": run.model.sha256 or "",
@@ -35,7 +36,7 @@ def lora_metadata(run, step: int) -> dict[str, str]:
         "ss_gradient_accumulation_steps": cfg.grad_accum,
         "ss_learning_rate": cfg.lr,
         "ss_unet_lr": cfg.lr,
-        "ss_text_encoder_lr": run.r.te_lr if run.r.train_text_encoder else 0,
+        "ss_text_encoder_lr": _te_lrs(run) if run.r.train_text_encoder else 0,
         "ss_optimizer": cfg.optimizer,
         "ss_lr_scheduler": cfg.lr_scheduler,
         "ss_lr_warmup_steps": cfg.warmup_steps,
@@ -65,3 +66,11 @@ def lora_metadata(run, step: int) -> dict[str, str]:
         "loracam_config": json.dumps(to_dict(cfg)),
     }
     return {k: (json.dumps(v) if isinstance(v, bool) else str(v)) for k, v in meta.items()}
+
+
+def _te_lrs(run):
+    """One rate, or sd-scripts' list of one per encoder when SDXL's two differ."""
+    te2 = getattr(run.cfg, "te2_lr", None)
+    if run.model.text_encoder_2 is not None and te2 is not None and te2 != run.r.te_lr:
+        return json.dumps([run.r.te_lr, te2])
+    return run.r.te_lr

@@ -26,7 +26,7 @@ from loracam.lora.naming import kohya_targets
 from loracam.models.families import FAMILIES
 
 ADAPTER = "loracam"  # the peft adapter name, distinct from "default" so a user's own adapters never collide
-COMPONENTS = ("unet", "te")
+COMPONENTS = ("unet", "te", "te2")  # te2: SDXL's bigG
 TARGET_SETS = ("kohya", "attention")
 # FaceChain's "attention" targets: the attention projections only.
 _UNET_ATTENTION = re.compile(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$")
@@ -90,15 +90,25 @@ def _num(value: float) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
-def lora_metadata(cfg: NetworkConfig) -> dict[str, str]:
-    """The network's part of a kohya file's ss_* metadata (strings; network args as kohya's JSON)."""
+def lora_metadata(cfg: NetworkConfig, family: str = "sd1", prediction: str = "epsilon",
+                  zero_snr: bool = False) -> dict[str, str]:
+    """The network's part of a kohya file's ss_* metadata (strings; network args as kohya's JSON), with the family's
+    ss_base_model_version and SAI modelspec keys, which Forge and A1111 filter LoRAs by."""
+    spec = FAMILIES[family]
     meta = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(cfg.dim),
         "ss_network_alpha": _num(cfg.alpha),
-        "ss_base_model_version": FAMILIES["sd1"].ss_base_model_version,  # the trainer's one family so far
+        "ss_base_model_version": spec.ss_base_model_version,
         "ss_v2": "False",
+        "ss_v_parameterization": str(prediction == "v_prediction"),
+        "ss_zero_terminal_snr": str(bool(zero_snr)),
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": spec.modelspec_architecture,
+        "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
     }
+    if prediction == "v_prediction":
+        meta["modelspec.prediction_type"] = "v"
     if cfg.locon:
         # kohya stores the --network_args key=value strings as a JSON object of strings
         meta["ss_network_args"] = json.dumps({"conv_dim": str(cfg.conv_dim), "conv_alpha": _num(cfg.conv_scale_alpha)})
@@ -131,14 +141,16 @@ class _Target:
         return float(self.layer.lora_alpha[ADAPTER])
 
 
-def _select_targets(unet: nn.Module, text_encoder: nn.Module | None, cfg: NetworkConfig) -> list[_Target]:
+def _select_targets(unet: nn.Module, text_encoder: nn.Module | None, cfg: NetworkConfig,
+                    text_encoder_2: nn.Module | None = None) -> list[_Target]:
     """The layers ``cfg`` puts a LoRA on, in model order (U-Net first), from kohya's default target list."""
     te = text_encoder if cfg.train_text_encoder else None
-    paths = {"unet": {id(m): p for p, m in unet.named_modules()},
-             "te": {id(m): p for p, m in te.named_modules()} if te is not None else {}}
+    te2 = text_encoder_2 if cfg.train_text_encoder else None
+    paths = {c: ({id(m): p for p, m in root.named_modules()} if root is not None else {})
+             for c, root in (("unet", unet), ("te", te), ("te2", te2))}
     out = []
-    for name, module in kohya_targets(unet, te, conv=cfg.locon):
-        component = "unet" if id(module) in paths["unet"] else "te"
+    for name, module in kohya_targets(unet, te, conv=cfg.locon, text_encoder_2=te2):
+        component = next(c for c in COMPONENTS if id(module) in paths[c])
         path = paths[component][id(module)]
         conv = isinstance(module, nn.Conv2d) and tuple(module.kernel_size) != (1, 1)
         if cfg.targets == "attention" and not conv:
@@ -160,16 +172,18 @@ class LoraNetwork:
     input to them and the result back), as kohya trains its network.
     """
 
-    def __init__(self, unet: nn.Module, text_encoder: nn.Module | None, cfg: NetworkConfig, seed: int = 0):
+    def __init__(self, unet: nn.Module, text_encoder: nn.Module | None, cfg: NetworkConfig, seed: int = 0,
+                 text_encoder_2: nn.Module | None = None):
         if cfg.train_text_encoder and text_encoder is None:
             raise LoracamError("train_text_encoder is on but there is no text encoder to train")
         self.cfg = cfg
         self.seed = seed
-        self._models = {"unet": unet, "te": text_encoder if cfg.train_text_encoder else None}
+        self._models = {"unet": unet, "te": text_encoder if cfg.train_text_encoder else None,
+                        "te2": text_encoder_2 if cfg.train_text_encoder else None}
         for component, model in self._models.items():
             if model is not None:
                 _refuse_adapted(model, component)
-        self._targets = _select_targets(unet, text_encoder, cfg)
+        self._targets = _select_targets(unet, text_encoder, cfg, text_encoder_2)
         if not self._targets:
             raise LoracamError(f"network targets {cfg.targets!r} match no layer of this model; is it an SD1.x U-Net?")
         # What remove() must put back: requires_grad of every parameter (peft freezes all non-LoRA ones)
@@ -234,17 +248,18 @@ class LoraNetwork:
         return sum(p.numel() for p in self.parameters())
 
     def parameters(self, component: str | None = None) -> list[nn.Parameter]:
-        """The trainable LoRA parameters of "unet", "te", or (None) both: down, up per module."""
+        """The trainable LoRA parameters of "unet", "te", "te2" (SDXL's bigG), or (None) all: down, up per module."""
         if component not in (None, *COMPONENTS):
-            raise ValueError(f"component must be 'unet', 'te' or None, not {component!r}")
+            raise ValueError(f"component must be 'unet', 'te', 'te2' or None, not {component!r}")
         return [p for t in self._live() if component in (None, t.component) for p in (t.down, t.up)]
 
-    def param_groups(self, unet_lr: float, te_lr: float | None = None) -> list[dict]:
-        """Optimizer groups: the U-Net's LoRA at unet_lr, the text encoder's at te_lr (default unet_lr)."""
-        groups = [{"params": self.parameters("unet"), "lr": float(unet_lr), "name": "unet"}]
-        te = self.parameters("te")
-        if te:
-            groups.append({"params": te, "lr": float(unet_lr if te_lr is None else te_lr), "name": "te"})
+    def param_groups(self, unet_lr: float, te_lr: float | None = None, te2_lr: float | None = None) -> list[dict]:
+        """Optimizer groups: the U-Net's LoRA at unet_lr, the text encoder's at te_lr (default unet_lr), SDXL's
+        second encoder's at te2_lr (default te_lr), as sd-scripts' --text_encoder_lr takes one value per encoder."""
+        te_lr = unet_lr if te_lr is None else te_lr
+        groups = [{"params": self.parameters("unet"), "lr": float(unet_lr), "name": "unet"},
+                  {"params": self.parameters("te"), "lr": float(te_lr), "name": "te"},
+                  {"params": self.parameters("te2"), "lr": float(te_lr if te2_lr is None else te2_lr), "name": "te2"}]
         return [g for g in groups if g["params"]]
 
     def modules(self) -> dict[str, LoraModule]:
@@ -315,7 +330,8 @@ class LoraNetwork:
 
     def __repr__(self) -> str:
         counts = {c: sum(t.component == c for t in self._targets) for c in COMPONENTS}
-        return (f"LoraNetwork({counts['unet']} U-Net + {counts['te']} text-encoder modules, dim {self.cfg.dim}, "
+        return (f"LoraNetwork({counts['unet']} U-Net + {counts['te'] + counts['te2']} text-encoder modules, "
+                f"dim {self.cfg.dim}, "
                 f"alpha {_num(self.cfg.alpha)}" + (f", conv {self.cfg.conv_dim}/{_num(self.cfg.conv_scale_alpha)}"
                                                    if self.cfg.locon else "") + ")")
 

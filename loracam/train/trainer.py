@@ -79,10 +79,18 @@ def _check_output(cfg: TrainConfig) -> Path:
     return out
 
 
-def _data(cfg: TrainConfig, dataset: Path):
+def _data(cfg: TrainConfig, dataset: Path, family: str = "sd1", echo: Echo = print):
+    from loracam.models.families import FAMILIES
     from loracam.train.data import DataConfig, TrainData
 
-    res = tuple(cfg.resolution or _prep_resolution(dataset) or (512, 512))
+    native = FAMILIES[family].default_size
+    prep = _prep_resolution(dataset)
+    if family != "sd1" and cfg.resolution is None and prep and tuple(prep) != tuple(native):
+        # prep's size is its SD1.5 default; an SDXL base trains at its own (sd-scripts' SDXL default, 1024)
+        echo(f"resolution: {native[0]}x{native[1]}, {FAMILIES[family].short}'s own (prep made "
+             f"{prep[0]}x{prep[1]}); pass --resolution to choose")
+        prep = None
+    res = tuple(cfg.resolution or prep or native)
     step = bucket_step(cfg, res)
     # sd-scripts' 256..1024 side limits assume SD-sized images; small models' buckets scale with them
     dcfg = DataConfig(resolution=res, bucket_no_upscale=cfg.bucket_no_upscale, batch_size=cfg.batch_size,
@@ -118,7 +126,8 @@ def _load_model(cfg: TrainConfig, device: torch.device):
     """A fresh (uncached) base in fp32: training changes it, so it must not be a shared cached model."""
     from loracam.models import HashCache, LoadOptions, default_cache_path, load_base
 
-    return load_base(cfg.base, LoadOptions(device, torch.float32, hash_cache=HashCache(default_cache_path())))
+    return load_base(cfg.base, LoadOptions(device, torch.float32, hash_cache=HashCache(default_cache_path()),
+                                           prediction=cfg.prediction))
 
 
 def _total_steps(cfg: TrainConfig, r: Resolved, data, processes: int):
@@ -133,16 +142,12 @@ def _total_steps(cfg: TrainConfig, r: Resolved, data, processes: int):
 
 
 def encode_captions(tokenizer, text_encoder, captions: list[str], clip_skip: int) -> torch.Tensor:
-    """kohya's training encoding: one 77-token chunk per caption, truncated; no A1111 emphasis parsing."""
-    from loracam.prompts.encode import final_layer_norm
+    """kohya's SD1.x training encoding: one 77-token chunk per caption, truncated; no A1111 emphasis parsing."""
+    from types import SimpleNamespace
 
-    inner = getattr(text_encoder, "module", text_encoder)  # DDP wraps a trained text encoder
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids.to(next(inner.parameters()).device)
-    if clip_skip == 1:
-        return text_encoder(ids)[0]
-    hidden = text_encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
-    return final_layer_norm(inner)(hidden)
+    from loracam.train.captions import ClipCaptions
+
+    return ClipCaptions(SimpleNamespace(tokenizer=tokenizer), clip_skip).encode([text_encoder], captions).context
 
 
 def snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float, v_pred: bool) -> torch.Tensor:
@@ -158,8 +163,10 @@ def _generator(seed: int, micro: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + micro * 7919 + rank) % (2**63 - 1))
 
 
-def diffusion_loss(unet, noise_sched, latents, text, loss_weights, gen, cfg: TrainConfig, v_pred: bool):
-    """Noise-prediction MSE (or v-prediction) with noise offset, min-SNR weighting and reg weights."""
+def diffusion_loss(unet, noise_sched, latents, text, loss_weights, gen, cfg: TrainConfig, v_pred: bool,
+                   added: dict | None = None):
+    """Noise-prediction MSE (or v-prediction) with noise offset, min-SNR weighting and reg weights; ``added`` is
+    the U-Net's extra conditioning (SDXL's pooled text and size ids)."""
     b = latents.shape[0]
     noise = torch.randn(latents.shape, generator=gen).to(latents.device, latents.dtype)
     if cfg.noise_offset:
@@ -167,7 +174,8 @@ def diffusion_loss(unet, noise_sched, latents, text, loss_weights, gen, cfg: Tra
         noise = noise + cfg.noise_offset * offset
     t = torch.randint(0, noise_sched.config.num_train_timesteps, (b,), generator=gen).to(latents.device)
     noisy = noise_sched.add_noise(latents, noise, t)
-    pred = unet(noisy, t, encoder_hidden_states=text, return_dict=False)[0]
+    extra = {"added_cond_kwargs": added} if added is not None else {}
+    pred = unet(noisy, t, encoder_hidden_states=text, return_dict=False, **extra)[0]
     target = noise_sched.get_velocity(latents, noise, t) if v_pred else noise
     loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     loss = loss * loss_weights.to(loss.device)
@@ -192,14 +200,17 @@ def train(cfg: TrainConfig, echo: Echo = print, control: Control | None = None,
 
     from loracam.models import pick_device
 
-    r = _resolve(cfg)
+    from loracam.models.loader import ref_family
+
+    family = ref_family(cfg.base)
+    r = _resolve(cfg, family)
     cfg = r.cfg
     check_names(cfg.optimizer, cfg.lr_scheduler)
     dataset = Path(cfg.dataset)
     output = _check_output(cfg)
     device = pick_device(cfg.device)
     acc = Accelerator(mixed_precision=_mixed_precision(cfg, device), cpu=device.type == "cpu")
-    data, resolution = _data(cfg, dataset)
+    data, resolution = _data(cfg, dataset, family, echo if acc.is_main_process else (lambda _: None))
     plan = _total_steps(cfg, r, data, acc.num_processes)
     summary = plan.summary(data.counts()["num_train_images"], _repeats_text(data), cfg.batch_size)
     if cfg.grad_accum > 1 or acc.num_processes > 1:
@@ -218,11 +229,11 @@ def train(cfg: TrainConfig, echo: Echo = print, control: Control | None = None,
     return run.execute(summary)
 
 
-def _resolve(cfg: TrainConfig) -> Resolved:
+def _resolve(cfg: TrainConfig, family: str = "sd1") -> Resolved:
     # Full fine-tunes choose their own rates (the toy build passes them); only LoRAs take a base's scale.
     from loracam.models import preset_lr_scale
 
-    return resolve(cfg, 1.0 if cfg.full else preset_lr_scale(cfg.base))
+    return resolve(cfg, 1.0 if cfg.full else preset_lr_scale(cfg.base), family)
 
 
 def _repeats_text(data) -> str:
@@ -245,7 +256,10 @@ class _Run:
         self.identity = _prep_identity(Path(cfg.dataset))
         self.events = EventLog(output.with_name(output.stem + ".events.jsonl") if acc.is_main_process else None)
         self.result = TrainResult(output, 0, "", main_process=acc.is_main_process)
-        self.text_cache: dict[str, torch.Tensor] = {}
+        self.text_cache: dict[str, tuple] = {}
+        from loracam.train.captions import captions_for
+
+        self.captions = captions_for(model, cfg.clip_skip)
         self.best_scores: list = []
         self.custom_scorer = scorer  # the identity judge; None: dlib against prep's face embeddings
 
@@ -262,7 +276,8 @@ class _Run:
                              conv_alpha=self.cfg.conv_alpha, train_text_encoder=self.r.train_text_encoder,
                              targets=self.cfg.targets)
         self.network_cfg = ncfg
-        return LoraNetwork(self.model.unet, self.model.text_encoder, ncfg, seed=self.cfg.seed)
+        return LoraNetwork(self.model.unet, self.model.text_encoder, ncfg, seed=self.cfg.seed,
+                           text_encoder_2=self.model.text_encoder_2)
 
     def _fingerprint(self) -> str:
         c = self.cfg
@@ -289,27 +304,29 @@ class _Run:
         cfg, acc = self.cfg, self.acc
         self.result.plan_summary = summary
         self.net = self._network()
-        unet, te = self.model.unet, self.model.text_encoder
+        unet, tes = self.model.unet, self.model.text_encoders
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
             if self.r.train_text_encoder:
-                # transformers 5 renamed it; 4.x only has the old name
-                (getattr(te, "activation_checkpointing_enable", None) or te.gradient_checkpointing_enable)()
+                for te in tes:  # transformers 5 renamed it; 4.x only has the old name
+                    (getattr(te, "activation_checkpointing_enable", None) or te.gradient_checkpointing_enable)()
         if cfg.channels_last:
             unet.to(memory_format=torch.channels_last)
         self.fp = self._fingerprint()
         if cfg.cache_latents:
             self.data.cache_latents(self.model.vae, acc.device, torch.float32)
-        groups = self.net.param_groups(cfg.lr, self.r.te_lr)
+        groups = self.net.param_groups(cfg.lr, self.r.te_lr, cfg.te2_lr) if not cfg.full else \
+            self.net.param_groups(cfg.lr, self.r.te_lr)
         optimizer = make_optimizer(cfg.optimizer, groups, cfg.weight_decay)
         # accelerate steps a wrapped schedule once per process for each optimizer step, so the schedule
         # is laid out over total x processes steps (as diffusers' training scripts do).
         n = acc.num_processes
         scheduler = make_scheduler(cfg.lr_scheduler, optimizer, cfg.warmup_steps * n, self.plan.total_steps * n)
         pos = self._resume(optimizer, scheduler)
-        prepared = acc.prepare(unet, optimizer, scheduler) if not self.r.train_text_encoder else acc.prepare(unet, te, optimizer, scheduler)
+        trained_tes = list(tes) if self.r.train_text_encoder else []
+        prepared = acc.prepare(unet, *trained_tes, optimizer, scheduler)
         self.unet = prepared[0]
-        self.te = prepared[1] if self.r.train_text_encoder else te
+        self.tes = list(prepared[1:1 + len(trained_tes)]) if trained_tes else list(tes)
         optimizer, scheduler = prepared[-2], prepared[-1]
         if acc.is_main_process:
             self._save_config()
@@ -390,25 +407,32 @@ class _Run:
                 latents = self.model.vae.encode(pixels).latent_dist.sample(_generator(cfg.seed, micro, 1 << 20))
                 latents = latents * self.model.vae.config.scaling_factor
         latents = latents.to(acc.device)
-        text = self._text(batch.captions)
+        cond = self._text(batch.captions)
+        added = self.captions.added(cond, batch, latents.dtype)
         gen = _generator(cfg.seed, micro, acc.process_index)
         ctx = acc.no_sync(self.unet) if not sync and acc.num_processes > 1 else nullcontext()
         with ctx, acc.autocast():
-            loss = diffusion_loss(self.unet, self.noise_sched, latents, text, batch.loss_weights, gen, cfg, self.v_pred)
+            loss = diffusion_loss(self.unet, self.noise_sched, latents, cond.context, batch.loss_weights, gen, cfg,
+                                  self.v_pred, added)
             acc.backward(loss / cfg.grad_accum)
         return float(loss.detach())
 
-    def _text(self, captions: list[str]) -> torch.Tensor:
-        tok, te, cfg = self.model.tokenizer, self.te, self.cfg
+    def _text(self, captions: list[str]):
+        """The batch's Conditioning; with frozen text encoders (every one: sd-scripts caches SDXL's outputs only
+        when both are) each caption is encoded once."""
+        from loracam.train.captions import Conditioning
+
         if self.r.train_text_encoder:
-            return encode_captions(tok, te, captions, cfg.clip_skip)
-        # A frozen text encoder gives the same embedding for the same caption: compute each once.
+            return self.captions.encode(self.tes, captions)
         missing = [c for c in dict.fromkeys(captions) if c not in self.text_cache]
         if missing:
             with torch.no_grad():
-                emb = encode_captions(tok, te, missing, cfg.clip_skip)
-            self.text_cache.update({c: e for c, e in zip(missing, emb)})
-        return torch.stack([self.text_cache[c] for c in captions])
+                enc = self.captions.encode(self.tes, missing)
+            for i, c in enumerate(missing):
+                self.text_cache[c] = (enc.context[i], None if enc.pooled is None else enc.pooled[i])
+        rows = [self.text_cache[c] for c in captions]
+        pooled = None if rows[0][1] is None else torch.stack([r[1] for r in rows])
+        return Conditioning(torch.stack([r[0] for r in rows]), pooled)
 
     def _check_finite(self, loss: float, step: int) -> None:
         if math.isfinite(loss):
@@ -458,7 +482,9 @@ class _Run:
         disk_guard(lambda: write_kohya(path, self.net.modules(), meta, overwrite=overwrite), path)
 
     def _render_model(self):
-        return replace(self.model, unet=self.acc.unwrap_model(self.unet), text_encoder=self.acc.unwrap_model(self.te))
+        tes = [self.acc.unwrap_model(te) for te in self.tes]
+        return replace(self.model, unet=self.acc.unwrap_model(self.unet), text_encoder=tes[0],
+                       text_encoder_2=tes[1] if len(tes) > 1 else None)
 
     def _previews(self, step: int) -> None:
         if not self.acc.is_main_process or not self.cfg.preview_prompts:
