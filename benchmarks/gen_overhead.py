@@ -25,12 +25,13 @@ NEGATIVE = "lowres, bad anatomy"
 
 
 def measure(ref: str, size: int, steps: int, reps: int, sampler: str = "DPM++ 2M") -> dict:
-    from diffusers import StableDiffusionPipeline
+    """loracam against the family's own diffusers pipeline (StableDiffusionPipeline, StableDiffusionXLPipeline)."""
+    import diffusers
 
     device = pick_device("auto")
     model = ModelCache().get(ref, device, pick_dtype("auto", device))
     shared = Shared(size, size, steps, sampler, "Karras")
-    pipe = StableDiffusionPipeline(**model.components())
+    pipe = getattr(diffusers, model.spec.pipeline)(**model.components())
     pipe.scheduler = build_scheduler(model.scheduler_config, sampler, "Karras")
     pipe.set_progress_bar_config(disable=True)
 

@@ -10,6 +10,8 @@ versions. Sections (a table: later benchmarks such as upscale, ControlNet or the
   diffusers pipeline on the same model.
 - grid: a 3x3 LoRA-weight grid batched (one batch of 9, per-sample LoRA weights) against cell by cell.
 - upscale: an x4plus-shaped RRDBNet at 512x768 -> 2048x3072, fp16: megapixels/s, tiled against untiled.
+- sdxl: random:sdxl at 1024x1024, 30 steps, batch 1 and 4 against diffusers' SDXL pipeline; LoRA training at 1024,
+  batch 1, checkpointing, bf16 weights, Adafactor: peak memory (goal <= 8 GB) and samples/s with MFU.
 Random-weight models of the full SD1.5 architecture run at exactly the speed of trained ones.
 
 On a CPU it runs as a smoke test at tiny sizes (random:tiny, 64x64, a few steps), which the test suite does so
@@ -27,7 +29,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -40,7 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, environment  # noqa: E402
 
 # shared/docs/perf.md: GFLOP per unit of work on the full SD1.5 architecture
-GFLOP = {"train_512x768": 2861, "train_512x768_checkpointing": 3839, "image_512x768_30_steps": 81500}
+GFLOP = {"train_512x768": 2861, "train_512x768_checkpointing": 3839, "image_512x768_30_steps": 81500,
+         # SDXL's U-Net forward at 1024x1024 is 6,761 (perf.md); training = forward + backward (2x) = 3x, and
+         # gradient checkpointing runs the forward once more: 4x
+         "sdxl_forward_1024": 6761, "sdxl_train_1024_checkpointing": 4 * 6761}
 PEAK_BF16_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "4090": 165}  # dense, perf.md
 
 
@@ -58,12 +63,17 @@ class Scale:
     grid_steps: int
     precision: str  # training's mixed precision
     device: str
+    sdxl_model: str = "random:sdxl"
+    sdxl_size: int = 1024
+    sdxl_steps: int = 30
+    sdxl_train_steps: int = 12
 
 
 GPU = Scale("random:sd15", 512, 768, train_steps=20, train_images=16, gen_steps=30, gen_reps=3, grid_steps=20,
             precision="bf16", device="cuda")
 SMOKE = Scale("random:tiny", 64, 64, train_steps=4, train_images=8, gen_steps=2, gen_reps=1, grid_steps=2,
-              precision="no", device="cpu")
+              precision="no", device="cpu", sdxl_model="random:tiny-sdxl", sdxl_size=64, sdxl_steps=2,
+              sdxl_train_steps=4)
 
 
 def peak_tflops(device_name: str) -> float | None:
@@ -250,12 +260,78 @@ def section_controlnet(s: Scale, work: Path) -> dict:
     return {"model": s.model, **measure(model, (s.width, s.height), s.gen_steps, 1, s.gen_reps)}
 
 
+# ---------------------------------------------------------------------------------------------
+# sdxl
+
+
+def section_sdxl(s: Scale, work: Path) -> dict:
+    """random:sdxl at 1024x1024: generation (30 steps, DPM++ 2M Karras, CFG 7, fp16; batch 1 and 4) against diffusers'
+    StableDiffusionXLPipeline, then LoRA training at 1024 (batch 1, gradient checkpointing, bf16 with the frozen
+    weights in bf16, cached latents and text, Adafactor): peak memory (goal <= 8 GB) and samples/s with MFU."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from loracam.generate.engine import render
+    from loracam.generate.request import Sample, Shared
+    from loracam.generate.samplers import build_scheduler
+    from loracam.models import ModelCache, pick_device, pick_dtype
+
+    device = pick_device(s.device)
+    model = ModelCache().get(s.sdxl_model, device, pick_dtype("auto", device))
+    size, steps = s.sdxl_size, s.sdxl_steps
+    shared = Shared(size, size, steps, "DPM++ 2M", "Karras")
+    pipe = StableDiffusionXLPipeline(**model.components())
+    pipe.scheduler = build_scheduler(model.scheduler_config, "DPM++ 2M", "Karras")
+    pipe.set_progress_bar_config(disable=True)
+    out = {"model": s.sdxl_model, "size": f"{size}x{size}", "steps": steps, "sampler": "DPM++ 2M Karras",
+           "dtype": str(model.unet.dtype).replace("torch.", "")}
+    for batch in (1, 4):
+        reps = s.gen_reps if batch == 1 else 1  # a batch of 4 at 1024 is ~15 s a call on an H100: one timed call
+        ours = timed_reps(lambda: render(model, shared, [Sample(PROMPT, NEGATIVE, 42 + i, 7.0) for i in range(batch)]),
+                          reps) / batch
+        theirs = timed_reps(lambda: pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, height=size,
+                                         width=size, guidance_scale=7.0, num_images_per_prompt=batch,
+                                         generator=torch.Generator().manual_seed(42)), reps) / batch
+        # CFG: two U-Net rows an image a step
+        out[f"batch{batch}"] = {"loracam_s_per_image": round(ours, 4), "diffusers_s_per_image": round(theirs, 4),
+                                "ratio": round(ours / theirs, 3),
+                                "mfu": mfu(1 / ours, GFLOP["sdxl_forward_1024"] * 2 * steps, s)}
+    del pipe, model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    out["train"] = sdxl_train_run(s, work)
+    return out
+
+
+def sdxl_train_run(s: Scale, work: Path) -> dict:
+    from loracam.train import TrainConfig, train
+    from loracam.train.events import read_events
+
+    ds = make_dataset(work / "ds", replace(s, width=s.sdxl_size, height=s.sdxl_size, train_images=4))
+    out = work / "xl.safetensors"
+    cfg = TrainConfig(dataset=str(ds), output=str(out), base=s.sdxl_model, resolution=(s.sdxl_size, s.sdxl_size),
+                      batch_size=1, max_steps=s.sdxl_train_steps, rank=8, alpha=8.0, lr=1e-4, optimizer="Adafactor",
+                      lr_scheduler="constant", cache_latents=True, mixed_precision=s.precision,
+                      gradient_checkpointing=True, train_text_encoder=False, device=s.device, seed=7)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    train(cfg, echo=lambda line: None, progress=False)
+    steps = [e for e in read_events(out.with_name(out.stem + ".events.jsonl")) if e["event"] == "step"]
+    warm = steps[min(3, len(steps) - 2):]
+    rate = (len(warm) - 1) / (warm[-1]["time"] - warm[0]["time"])
+    return {"resolution": f"{s.sdxl_size}x{s.sdxl_size}", "batch": 1, "gradient_checkpointing": True,
+            "optimizer": "Adafactor", "rank": 8, "precision": s.precision, "steps": len(steps),
+            "samples_per_s": round(rate, 3), "mfu": mfu(rate, GFLOP["sdxl_train_1024_checkpointing"], s),
+            "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
+            "goal_peak_memory_gib": 8}
+
+
 SECTIONS: dict[str, Callable[[Scale, Path], dict]] = {
     "train": section_train,
     "generate": section_generate,
     "grid": section_grid,
     "upscale": section_upscale,
     "controlnet": section_controlnet,
+    "sdxl": section_sdxl,
 }
 
 

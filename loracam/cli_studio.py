@@ -222,7 +222,7 @@ def worker(studio: Path = typer.Option(Path("studio"), "--studio", help=STUDIO_H
 @studio_app.command("styles")
 @user_errors
 def styles_cmd(style_dir: Optional[List[Path]] = typer.Option(None, "--style-dir", help="Your own style presets."),
-               base: Optional[str] = typer.Option(None, "--base", help="Only styles for sd15 or toy.")):
+               base: Optional[str] = typer.Option(None, "--base", help="Only styles for sd15, sdxl or toy.")):
     """The style presets: shipped ones and those in --style-dir folders."""
     from loracam.studio.styles import find_styles, list_styles
 

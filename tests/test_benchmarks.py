@@ -19,7 +19,10 @@ def test_gpu_suite_runs_as_a_cpu_smoke_test_and_never_replaces_the_gpu_results(t
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     doc = json.loads(out.read_text())
     assert doc["scale"]["model"] == "random:tiny" and set(doc["sections"]) == {"train", "generate", "grid", "upscale",
-                                                                                "controlnet"}
+                                                                                "controlnet", "sdxl"}
+    xl = doc["sections"]["sdxl"]
+    assert xl["model"] == "random:tiny-sdxl" and xl["batch4"]["diffusers_s_per_image"] > 0, xl
+    assert xl["train"]["samples_per_s"] > 0 and xl["train"]["optimizer"] == "Adafactor"
     train, gen, grid, up = (doc["sections"][k] for k in ("train", "generate", "grid", "upscale"))
     assert set(train["runs"]) == {"batch1_checkpointing", "batch8", "batch8_again", "batch8_nondeterministic"}
     assert all(r["samples_per_s"] > 0 for r in train["runs"].values())

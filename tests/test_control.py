@@ -161,9 +161,9 @@ def test_guidance_window_steps(tiny, nets):
     steps_called = []
     original = Guidance.residuals
 
-    def spy(self, x, t, ctx, samples, uncond, frac):
+    def spy(self, x, t, ctx, samples, uncond, frac, added=None):
         n = len(seen)
-        out = original(self, x, t, ctx, samples, uncond, frac)
+        out = original(self, x, t, ctx, samples, uncond, frac, added)
         if len(seen) > n:
             steps_called.append(round(frac * 10))
         return out

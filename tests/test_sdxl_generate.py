@@ -130,6 +130,7 @@ def test_a_9_channel_sdxl_inpainting_model_inpaints_and_keeps_the_outside(tmp_pa
     mask.paste(255, (16, 16, 48, 48))
     mask.save(tmp_path / "mask.png")
     [r] = generate(GenRequest(prompt="a hat", base=str(path), steps=3, seed=1, device="cpu", precision="fp32",
+                              width=64, height=64,
                               init_image=str(tmp_path / "photo.png"), mask=str(tmp_path / "mask.png"), mask_blur=0),
                    ModelCache()).images
     out, src = px(r.image), px(Image.open(tmp_path / "photo.png"))
@@ -156,3 +157,25 @@ def test_sdxl_hires_fix_and_a_grid_of_lora_weights(tmp_path, tiny_sdxl):
                    LoraLibrary([tmp_path]), tmp_path / "grid")
     a, b = (px(c.image) for c in res.cells[0][0])
     assert res.rendered == 2 and np.abs(a - b).mean() > 1
+
+
+def test_sdxl_detail_pass_and_gen_from_re_render_the_same_image(tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from loracam.cli import app
+
+    m = np.zeros((64, 64), np.uint8)
+    m[20:36, 24:40] = 255
+    Image.fromarray(m).save(tmp_path / "mask.png")
+    args = ["--base", "random:tiny-sdxl", "--steps", "3", "--seed", "21", "--size", "64x64", "--sampler", "Euler"]
+    runner = CliRunner()
+    r = runner.invoke(app, ["gen", "1girl", *args, "--detail", f"mask:{tmp_path / 'mask.png'}", "-o", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    [png] = sorted((tmp_path / "o").glob("*.png"))
+    text = Image.open(png).info["parameters"]
+    assert "ADetailer model: " in text and "mask:" in text
+    r = runner.invoke(app, ["gen", "--from", str(png), "-o", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    a, b = sorted((tmp_path / "o").glob("*.png"))
+    assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))

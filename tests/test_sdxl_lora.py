@@ -89,3 +89,16 @@ def test_an_sd1_lora_on_sdxl_and_an_sdxl_lora_on_sd1_name_both_families(tiny_sdx
         render_samples(tiny_sdxl, shared, [Sample("x", "", 1, 7.0, (LoraRef("sd1face", 1, 1),))], xl_library)
     with pytest.raises(LoracamError, match=r"dress.safetensors is an SDXL LoRA; the base model is SD1.x"):
         render_samples(tiny, shared, [Sample("x", "", 1, 7.0, (LoraRef("dress", 1, 1),))], xl_library)
+
+
+def test_an_sdxl_lora_without_its_bigg_modules_is_applied_and_said_so(tiny_sdxl, tmp_path):
+    m = tiny_sdxl
+    mods = random_lora(m.unet, m.text_encoder, dim=4, seed=3, text_encoder_2=m.text_encoder_2)
+    write_kohya(tmp_path / "half.safetensors", {k: v for k, v in mods.items() if not k.startswith("lora_te2_")},
+                SDXL_META)
+    warnings: list[str] = []
+    render_samples(tiny_sdxl, Shared(32, 32, 1, "Euler", "Automatic"),
+                   [Sample("x <lora:half:1>", "", 1, 7.0, (LoraRef("half", 1, 1),))], LoraLibrary([tmp_path]),
+                   warnings=warnings)
+    assert any("half.safetensors has CLIP-L text-encoder modules (lora_te1_) but none for bigG" in w for w in warnings)
+    assert read_lora(tmp_path / "half.safetensors").family == "sdxl"

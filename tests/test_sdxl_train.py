@@ -178,3 +178,30 @@ def test_an_sdxl_base_trains_at_1024_unless_told_even_on_a_dataset_prep_made_at_
     assert res == (768, 768)
     [sample] = data.samples
     assert sample.original == (1200, 1600) and sample.bucket[0] % 64 == 0  # buckets around it in 64-px steps
+
+
+def test_bf16_mixed_precision_keeps_the_frozen_base_in_bf16_and_the_lora_in_fp32_with_adafactor(dataset, tmp_path):
+    """The memory recipe for 1024-px SDXL on an 8-12 GB card (frozen weights in bf16, LoRA fp32, Adafactor, previews
+    through an fp32 VAE), run on the CPU's bf16 autocast."""
+    import loracam.train.trainer as trainer
+
+    seen = {}
+    real = trainer._Run.execute
+
+    def spy(self, summary):
+        seen["unet"], seen["vae"] = self.model.unet.dtype, self.model.vae.dtype
+        return real(self, summary)
+
+    trainer._Run.execute = spy
+    try:
+        out = tmp_path / "bf16.safetensors"
+        train(cfg(dataset, out, "random:tiny-sdxl", mixed_precision="bf16", optimizer="Adafactor", lr=1e-3,
+                  gradient_checkpointing=True, preview_every=2, preview_prompts=("sks",), preview_steps=2),
+              echo=lambda s: None, progress=False)
+    finally:
+        trainer._Run.execute = real
+    assert seen == {"unet": torch.bfloat16, "vae": torch.float32}
+    weights = load_file(str(out))
+    assert all(v.dtype == torch.float32 for v in weights.values())
+    assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_up" in k)  # Adafactor moved the zero init
+    assert len(list(out.with_name("bf16.previews").glob("*.png"))) == 2

@@ -190,7 +190,7 @@ def test_missing_and_newer_versions_are_refused(tmp_path):
     (("steps = 30", "steps = 0"), ["steps", "between 1 and 150"]),
     (("steps = 30", 'steps = "30"'), ["steps", "expected int"]),
     (("cfg = 7", "cfg = 7\ncandidates = 65"), ["candidates", "between 1 and 64"]),
-    (('negative = "lowres"', 'negative = "lowres"\nbase = "sdxl"'), ["base", "'sd15'"]),
+    (('negative = "lowres"', 'negative = "lowres"\nbase = "sd3"'), ["base", "'sd15'"]),
 ], ids=["size8", "size-text", "size-list", "sampler", "subject", "subject-typo", "steps", "steps-type",
         "candidates", "base"])
 def test_bad_values_name_the_key(tmp_path, change, words):
@@ -351,8 +351,22 @@ def test_list_styles_mentions_every_style_and_filters_by_base(shipped):
     toy = list_styles(shipped, base_kind="toy")
     assert "toy-ocean" in toy and not re.search(r"^studio ", toy, re.M)
     assert list_styles({}, base_kind="toy") == "no styles for toy bases"
+    xl = list_styles(shipped, base_kind="sdxl")
+    assert "studio-xl  [sdxl: " in xl and "832x1216" in xl and not re.search(r"^studio ", xl, re.M)
     with pytest.raises(LoracamError, match="unknown base kind"):
-        list_styles(shipped, base_kind="sdxl")
+        list_styles(shipped, base_kind="sd3")
+
+
+def test_an_sdxl_base_gets_the_sdxl_styles_at_sdxl_sizes():
+    from loracam.studio.job import StudioConfig, _pick_styles, style_base
+
+    assert style_base("random:tiny-sdxl") == "sdxl" and style_base("random:tiny") == "sd15"
+    assert style_base("toy") == "toy"
+    picked = _pick_styles(StudioConfig("j", kind="portrait", subject="face", base="random:tiny-sdxl"))
+    assert {p.name for p in picked} == {"studio-xl", "business-xl"}
+    assert all(p.size == (832, 1216) for p in picked)
+    with pytest.raises(LoracamError, match="'studio' is written for a sd15 base.*pick styles marked sdxl"):
+        _pick_styles(StudioConfig("j", kind="portrait", subject="face", base="random:tiny-sdxl", styles=("studio",)))
 
 
 def test_get_style_suggests_the_likely_name(shipped):

@@ -149,9 +149,9 @@ def render_samples(model: BaseModel, shared: Shared, samples: Sequence[Sample], 
     images = render(model, shared, samples, stack, weights if files else None, init, progress, control)
     if control is not None and warnings is not None:
         warnings += [n for n in control.notes if n not in warnings]
-    note = model.extra.get("vae_upcast_note")
-    if note and warnings is not None and note not in warnings:
-        warnings.append(note)
+    for note in (model.extra.get("vae_upcast_note"), *(f.note for f in files)):
+        if note and warnings is not None and note not in warnings:
+            warnings.append(note)
     hashes = {n: library.short_hash(n) for n in names}
     out = []
     size = (shared.width, shared.height)
@@ -204,7 +204,7 @@ def _check_inpainting(model: BaseModel, init: InitImages | None) -> None:
 # ---------------------------------------------------------------------------------------------
 # re-rendering from an infotext
 
-BUILTIN_BASES = ("toy", "random:tiny", "random:sd15")
+BUILTIN_BASES = ("toy", "random:tiny", "random:sd15", "random:tiny-sdxl", "random:sdxl")
 
 
 def request_from_infotext(info: Infotext, base: str | None, ckpt_dirs: Sequence[Path],

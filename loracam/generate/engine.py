@@ -217,7 +217,8 @@ def _unet_rows(model, x, t, plan: CondPlan, rows: Rows, set_rows, inpaint, guide
             down, mid = guide.residuals(x_plain[ix], t, ctx, samples[ix], uncond[ix], frac, added)
             if down is not None:
                 extra |= {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-        out[ix] = model.unet(x_rows[ix], t, encoder_hidden_states=ctx, return_dict=False, **extra)[0]
+        # .to: a training preview's fp32 LoRA layers on a half-precision U-Net give fp32 out
+        out[ix] = model.unet(x_rows[ix], t, encoder_hidden_states=ctx, return_dict=False, **extra)[0].to(out.dtype)
     return out
 
 
@@ -258,21 +259,22 @@ def _guide(eps: torch.Tensor, rows: Rows, cfg: torch.Tensor, use_uncond: bool) -
 def encode_image(model: BaseModel, image: Image.Image) -> torch.Tensor:
     """Latents of an RGB image ([1, 4, h/8, w/8]); the distribution's mean, so it is deterministic."""
     arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
-    x = torch.from_numpy(arr).permute(2, 0, 1)[None].to(model.device, model.dtype)
+    x = torch.from_numpy(arr).permute(2, 0, 1)[None].to(model.device, model.vae.dtype)
     dist = model.vae.encode(x).latent_dist
-    return dist.mean * model.vae.config.scaling_factor
+    return (dist.mean * model.vae.config.scaling_factor).to(model.dtype)
 
 
 def decode(model: BaseModel, latents: torch.Tensor) -> torch.Tensor:
     """Pixels in [0, 1]; a half-precision decode that overflows is redone in fp32, as A1111 does."""
     z = latents / model.vae.config.scaling_factor
-    x = model.vae.decode(z.to(model.dtype), return_dict=False)[0]
-    if model.dtype != torch.float32 and not torch.isfinite(x).all():
+    vae_dtype = model.vae.dtype  # a trainer's previews keep an fp32 VAE beside a half-precision U-Net
+    x = model.vae.decode(z.to(vae_dtype), return_dict=False)[0]
+    if vae_dtype != torch.float32 and not torch.isfinite(x).all():
         vae32 = model.extra.get("vae_fp32")
         if vae32 is None:
             vae32 = model.extra["vae_fp32"] = copy.deepcopy(model.vae).float()
             model.extra["vae_upcast_note"] = (
-                f"the VAE overflowed in {str(model.dtype).removeprefix('torch.')} (SDXL's does): decoded in fp32 "
+                f"the VAE overflowed in {str(vae_dtype).removeprefix('torch.')} (SDXL's does): decoded in fp32 "
                 "instead, as A1111 does; --precision bf16, or --vae with an fp16-safe VAE (sdxl-vae-fp16-fix), "
                 "avoids the second decode")
         x = vae32.decode(z.float(), return_dict=False)[0]

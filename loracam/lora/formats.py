@@ -69,6 +69,18 @@ class LoraFile:
     metadata: dict[str, str]
     modules: dict[str, LoraModule]
 
+    @property
+    def note(self) -> str | None:
+        """What a user should know before trusting the file: an SDXL LoRA with CLIP-L (lora_te1_) modules and none
+        for bigG (lora_te2_). sd-scripts trains both; OneTrainer can train CLIP-L alone, so the file is applied as
+        it is (as A1111 and ComfyUI do), with this said."""
+        names = self.modules
+        if self.family == "sdxl" and any(n.startswith("lora_te1_") for n in names) and \
+                not any(n.startswith("lora_te2_") for n in names):
+            return (f"{self.path.name} has CLIP-L text-encoder modules (lora_te1_) but none for bigG (lora_te2_): "
+                    "applied as it is; if it was trained on both encoders, the file is incomplete: get it again")
+        return None
+
 
 # ---------------------------------------------------------------------------------------------
 # reading

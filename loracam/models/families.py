@@ -1,9 +1,11 @@
 """Model families as a table: what loracam knows of each base-model architecture, in one entry.
 
 A family is one ``Family`` in ``FAMILIES`` (ComfyUI's comfy/supported_models.py is the model: one entry per
-architecture with its detection, configs, latent format and sampling type). The engine is to ask the entry
-instead of branching on family names (today the loader, the LoRA family checks and metadata, ``loracam info`` and
-the web library do; generation and training still assume SD1.x), so adding a family is:
+architecture with its detection, configs, latent format and sampling type). The engine asks the entry instead of
+branching on family names: the loader (its pipeline class and config folder), the prompt encoder
+(``conditioning``: loracam.prompts.ENCODERS, loracam.train.captions.CAPTIONS), the empty-negative rule, native
+sizes, the LoRA family checks and the metadata trained files carry, ``loracam info`` and the web library. So
+adding a family is:
 
 1. an entry here: how its files are recognised (single-file tensor names, diffusers pipeline classes, LoRA
    metadata), the config folder loracam ships to build it offline, its denoiser and text encoders, latent format,

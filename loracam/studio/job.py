@@ -178,13 +178,23 @@ def _check_train_options(options: dict) -> None:
     from_dict(TrainConfig, {"dataset": ".", **options}, where="train options")
 
 
+def style_base(base: str | None) -> str:
+    """The kind of base a style is written for that this job's base is: toy, sd15 (SD1.x) or sdxl, by the family
+    of its files (read by name and header, not loaded)."""
+    if base in (None, "toy"):
+        return "toy"
+    from loracam.models.loader import ref_family
+
+    return {"sdxl": "sdxl"}.get(ref_family(base), "sd15")
+
+
 def _pick_styles(cfg: StudioConfig):
     from loracam.studio.styles import find_styles
 
     if cfg.kind in ("dressup", "train") and not cfg.styles:
         return []
     found = find_styles([Path(d) for d in cfg.style_dirs])
-    base_kind = "toy" if cfg.base == "toy" else "sd15"
+    base_kind = style_base(cfg.base)
     if cfg.styles:
         unknown = [s for s in cfg.styles if s not in found]
         if unknown:

@@ -27,7 +27,7 @@ from loracam.errors import LoracamError
 STYLE_VERSION = 1
 SHIPPED_DIR = Path(__file__).resolve().parent / "styles"
 SUBJECTS = ("face", "person", "pet", "garment", "shoes")
-BASE_KINDS = ("sd15", "toy")
+BASE_KINDS = ("sd15", "sdxl", "toy")
 PLACEHOLDERS = ("trigger", "class")
 # what loracam.toy.probe reads and [expect] may name (the probe's heads, less face identity and spill)
 EXPECT_KEYS = ("framing", "dress", "pattern", "shoes", "hair", "hair_style", "background")
@@ -209,7 +209,7 @@ class StylePreset:
     version: int
     name: str
     description: str = ""
-    base: Literal["sd15", "toy"] = "sd15"  # the kind of base model the prompt is written for
+    base: Literal["sd15", "sdxl", "toy"] = "sd15"  # the kind of base model the prompt is written for
     subjects: tuple[str, ...] = ("face", "person")
     prompt: str = ""  # with {trigger} and {class}
     negative: str = ""

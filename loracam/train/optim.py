@@ -29,11 +29,21 @@ def _prodigy(groups, weight_decay: float):
     return Prodigy(groups, weight_decay=weight_decay)
 
 
+def _adafactor(groups, weight_decay: float):
+    """transformers' Adafactor at the given rates, as sd-scripts' SDXL docs run it (scale_parameter, relative_step
+    and warmup_init off): factored second moments, about half AdamW's optimizer memory."""
+    from transformers.optimization import Adafactor
+
+    return Adafactor(groups, scale_parameter=False, relative_step=False, warmup_init=False,
+                     weight_decay=weight_decay)
+
+
 def _sgd(groups, weight_decay: float):
     return torch.optim.SGD(groups, momentum=0.9, weight_decay=weight_decay)
 
 
-OPTIMIZERS: dict[str, Callable] = {"AdamW": _adamw, "AdamW8bit": _adamw8bit, "Prodigy": _prodigy, "SGD": _sgd}
+OPTIMIZERS: dict[str, Callable] = {"AdamW": _adamw, "AdamW8bit": _adamw8bit, "Adafactor": _adafactor,
+                                   "Prodigy": _prodigy, "SGD": _sgd}
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear", "cosine_with_restarts", "polynomial")
 
 

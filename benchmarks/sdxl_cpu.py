@@ -1,0 +1,121 @@
+"""SDXL on the CPU, in one run: generation against diffusers' StableDiffusionXLPipeline (target ratio <= 1.10) and
+LoRA training against the per-step work of diffusers' train_dreambooth_lora_sdxl.py (target ratio >= 1.0).
+
+Generation: gen_overhead's measurement (same model, sampler, steps, size, prompt, negative, seed; alternating runs
+after a warm-up; medians) on random:tiny-sdxl and on random:sdxl (the full SDXL architecture, random weights) at a
+small size. Training: the same attention-only LoRA (to_q, to_k, to_v, to_out.0, the script's targets), rank, batch,
+size and AdamW on the same images. The baseline does what the diffusers script does each step with frozen text
+encoders: VAE-encode the batch (its text embeddings and size ids are computed once before the loop, as the script
+does for its instance prompt), add noise, U-Net forward/backward with pooled text and size ids, AdamW. loracam
+caches latents (sd-scripts' cache_latents) and frozen-text outputs. Models are loaded one at a time: the full
+SDXL is ~13 GB in fp32.
+Usage: python benchmarks/sdxl_cpu.py [--quick]  (--quick: the tiny model only)
+"""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from _common import write_result
+from gen_overhead import measure
+from loracam.models import LoadOptions, load_base
+from loracam.train import TrainConfig, train
+from loracam.train.events import read_events
+from train_throughput import make_dataset
+
+TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
+
+
+def loracam_rate(ds: Path, work: Path, ref: str, size: int, batch: int, steps: int, rank: int) -> float:
+    out = work / "lora.safetensors"
+    cfg = TrainConfig(dataset=str(ds), output=str(out), base=ref, max_steps=steps, batch_size=batch,
+                      resolution=(size, size), rank=rank, alpha=float(rank), lr=1e-4, targets="attention",
+                      train_text_encoder=False, lr_scheduler="constant", device="cpu")
+    train(cfg, echo=lambda s: None, progress=False)
+    ev = [e for e in read_events(out.with_name("lora.events.jsonl")) if e["event"] == "step"]
+    return (len(ev) - 1) * batch / (ev[-1]["time"] - ev[0]["time"])  # steps 2..N
+
+
+def baseline_rate(ds: Path, ref: str, size: int, batch: int, steps: int, rank: int) -> float:
+    """train_dreambooth_lora_sdxl.py's inner loop with frozen text encoders, on the same images."""
+    from diffusers import DDPMScheduler
+    from peft import LoraConfig
+
+    m = load_base(ref, LoadOptions(torch.device("cpu"), torch.float32))
+    unet, vae = m.unet, m.vae
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=TARGETS))
+    opt = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=1e-4)
+    sched = DDPMScheduler.from_config(m.scheduler_config)
+    files = sorted((ds / "img" / "10_sks thing").glob("*.png"))
+    pixels = [torch.from_numpy(np.asarray(Image.open(f), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1) for f in files]
+    with torch.no_grad():  # the script's compute_text_embeddings, once: prompt embeds, pooled embeds, time ids
+        ids1 = m.tokenizer(["sks thing"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+        ids2 = m.tokenizer_2(["sks thing"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+        h1 = m.text_encoder(ids1, output_hidden_states=True).hidden_states[-2]
+        out2 = m.text_encoder_2(ids2, output_hidden_states=True)
+        ctx = torch.cat([h1, out2.hidden_states[-2]], dim=-1).repeat(batch, 1, 1)
+        added = {"text_embeds": out2.text_embeds.repeat(batch, 1),
+                 "time_ids": torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32).repeat(batch, 1)}
+    unet.train()
+    times = []
+    for step in range(steps):
+        idx = [(step * batch + i) % len(files) for i in range(batch)]
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            latents = vae.encode(torch.stack([pixels[i] for i in idx])).latent_dist.sample() * vae.config.scaling_factor
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, sched.config.num_train_timesteps, (batch,))
+        pred = unet(sched.add_noise(latents, noise, t), t, ctx, added_cond_kwargs=added).sample
+        F.mse_loss(pred.float(), noise.float()).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    return (steps - 1) * batch / sum(times[1:])
+
+
+def train_run(ref: str, size: int, batch: int, steps: int, rank: int) -> dict:
+    work = Path(tempfile.mkdtemp())
+    try:
+        ds = make_dataset(work / "ds", 8, size)
+        ours = loracam_rate(ds, work, ref, size, batch, steps, rank)
+        gc.collect()
+        base = baseline_rate(ds, ref, size, batch, steps, rank)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        gc.collect()
+    return {"model": ref, "resolution": f"{size}x{size}", "batch": batch, "steps": steps, "rank": rank,
+            "targets": "attention (to_q, to_k, to_v, to_out.0)", "loracam_samples_per_s": round(ours, 4),
+            "baseline_samples_per_s": round(base, 4), "ratio": round(ours / base, 3)}
+
+
+def main() -> None:
+    quick = "--quick" in sys.argv
+    t0 = time.time()
+    gen = [measure("random:tiny-sdxl", 64, 20, 5 if quick else 11)]
+    training = [train_run("random:tiny-sdxl", 128, 4, 20 if quick else 40, 4)]
+    if not quick:
+        gc.collect()
+        gen.append(measure("random:sdxl", 128, 4, 2))
+        gc.collect()
+        training.append(train_run("random:sdxl", 128, 1, 4, 4))
+    worst_gen = max(r["ratio"] for r in gen)
+    worst_train = min(r["ratio"] for r in training)
+    write_result("sdxl_cpu", {
+        "generation": {"ratio": worst_gen, "target": 1.10, "passes": worst_gen <= 1.10, "runs": gen},
+        "training": {"ratio": worst_train, "target": 1.0, "passes": worst_train >= 1.0, "runs": training},
+        "seconds": round(time.time() - t0, 1)})
+
+
+if __name__ == "__main__":
+    main()
