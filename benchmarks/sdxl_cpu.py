@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -37,13 +38,13 @@ TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 
 
 def loracam_rate(ds: Path, work: Path, ref: str, size: int, batch: int, steps: int, rank: int) -> float:
-    out = work / "lora.safetensors"
+    out = work / f"lora{len(list(work.glob('*.safetensors')))}.safetensors"
     cfg = TrainConfig(dataset=str(ds), output=str(out), base=ref, max_steps=steps, batch_size=batch,
                       resolution=(size, size), rank=rank, alpha=float(rank), lr=1e-4, targets="attention",
                       train_text_encoder=False, lr_scheduler="constant", device="cpu")
     train(cfg, echo=lambda s: None, progress=False)
-    ev = [e for e in read_events(out.with_name("lora.events.jsonl")) if e["event"] == "step"]
-    return (len(ev) - 1) * batch / (ev[-1]["time"] - ev[0]["time"])  # steps 2..N
+    ev = [e for e in read_events(out.with_name(out.stem + ".events.jsonl")) if e["event"] == "step"]
+    return batch / statistics.median(e["seconds"] for e in ev[2:])  # after two warm-up steps
 
 
 def baseline_rate(ds: Path, ref: str, size: int, batch: int, steps: int, rank: int) -> float:
@@ -81,34 +82,41 @@ def baseline_rate(ds: Path, ref: str, size: int, batch: int, steps: int, rank: i
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
-    return (steps - 1) * batch / sum(times[1:])
+    return batch / statistics.median(times[2:])
 
 
-def train_run(ref: str, size: int, batch: int, steps: int, rank: int) -> dict:
+def train_run(ref: str, size: int, batch: int, steps: int, rank: int, rounds: int = 2) -> dict:
+    """Rounds of (baseline, loracam), each a fresh model, rates from median step times after two warm-up steps:
+    alternating so that a machine that warms up (or is disturbed) favours neither side."""
     work = Path(tempfile.mkdtemp())
+    ours, base = [], []
     try:
         ds = make_dataset(work / "ds", 8, size)
-        ours = loracam_rate(ds, work, ref, size, batch, steps, rank)
-        gc.collect()
-        base = baseline_rate(ds, ref, size, batch, steps, rank)
+        for _ in range(rounds):
+            base.append(baseline_rate(ds, ref, size, batch, steps, rank))
+            gc.collect()
+            ours.append(loracam_rate(ds, work, ref, size, batch, steps, rank))
+            gc.collect()
     finally:
         shutil.rmtree(work, ignore_errors=True)
         gc.collect()
+    o, b = statistics.median(ours), statistics.median(base)
     return {"model": ref, "resolution": f"{size}x{size}", "batch": batch, "steps": steps, "rank": rank,
-            "targets": "attention (to_q, to_k, to_v, to_out.0)", "loracam_samples_per_s": round(ours, 4),
-            "baseline_samples_per_s": round(base, 4), "ratio": round(ours / base, 3)}
+            "rounds": rounds, "targets": "attention (to_q, to_k, to_v, to_out.0)", "loracam_samples_per_s": round(o, 4),
+            "baseline_samples_per_s": round(b, 4), "ratio": round(o / b, 3),
+            "loracam_all": [round(x, 4) for x in ours], "baseline_all": [round(x, 4) for x in base]}
 
 
 def main() -> None:
     quick = "--quick" in sys.argv
     t0 = time.time()
     gen = [measure("random:tiny-sdxl", 64, 20, 5 if quick else 11)]
-    training = [train_run("random:tiny-sdxl", 128, 4, 20 if quick else 40, 4)]
+    training = [train_run("random:tiny-sdxl", 128, 4, 20 if quick else 30, 4)]
     if not quick:
         gc.collect()
         gen.append(measure("random:sdxl", 128, 4, 2))
         gc.collect()
-        training.append(train_run("random:sdxl", 128, 1, 4, 4))
+        training.append(train_run("random:sdxl", 128, 1, 7, 4))
     worst_gen = max(r["ratio"] for r in gen)
     worst_train = min(r["ratio"] for r in training)
     write_result("sdxl_cpu", {
