@@ -183,10 +183,13 @@ def test_an_sdxl_base_trains_at_1024_unless_told_even_on_a_dataset_prep_made_at_
 def test_bf16_mixed_precision_keeps_the_frozen_base_in_bf16_and_the_lora_in_fp32_with_adafactor(dataset, tmp_path):
     """The memory recipe for 1024-px SDXL on an 8-12 GB card (frozen weights in bf16, LoRA fp32, Adafactor, previews
     through an fp32 VAE), run on the CPU's bf16 autocast."""
+    from accelerate.state import AcceleratorState
+
     import loracam.train.trainer as trainer
 
     seen = {}
     real = trainer._Run.execute
+    AcceleratorState._reset_state(True)  # accelerate keeps one precision a process: other tests' runs used "no"
 
     def spy(self, summary):
         seen["unet"], seen["vae"] = self.model.unet.dtype, self.model.vae.dtype
@@ -200,6 +203,7 @@ def test_bf16_mixed_precision_keeps_the_frozen_base_in_bf16_and_the_lora_in_fp32
               echo=lambda s: None, progress=False)
     finally:
         trainer._Run.execute = real
+        AcceleratorState._reset_state(True)
     assert seen == {"unet": torch.bfloat16, "vae": torch.float32}
     weights = load_file(str(out))
     assert all(v.dtype == torch.float32 for v in weights.values())
