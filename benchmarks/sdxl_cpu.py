@@ -22,17 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
 from _common import write_result
 from gen_overhead import measure
 from loracam.models import LoadOptions, load_base
 from loracam.train import TrainConfig, train
 from loracam.train.events import read_events
-from train_throughput import make_dataset
+from train_throughput import make_dataset, timed_steps
 
 TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 
@@ -56,10 +53,7 @@ def baseline_rate(ds: Path, ref: str, size: int, batch: int, steps: int, rank: i
     unet, vae = m.unet, m.vae
     unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=TARGETS))
-    opt = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=1e-4)
-    sched = DDPMScheduler.from_config(m.scheduler_config)
     files = sorted((ds / "img" / "10_sks thing").glob("*.png"))
-    pixels = [torch.from_numpy(np.asarray(Image.open(f), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1) for f in files]
     with torch.no_grad():  # the script's compute_text_embeddings, once: prompt embeds, pooled embeds, time ids
         ids1 = m.tokenizer(["sks thing"], padding="max_length", max_length=77, return_tensors="pt").input_ids
         ids2 = m.tokenizer_2(["sks thing"], padding="max_length", max_length=77, return_tensors="pt").input_ids
@@ -68,20 +62,8 @@ def baseline_rate(ds: Path, ref: str, size: int, batch: int, steps: int, rank: i
         ctx = torch.cat([h1, out2.hidden_states[-2]], dim=-1).repeat(batch, 1, 1)
         added = {"text_embeds": out2.text_embeds.repeat(batch, 1),
                  "time_ids": torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32).repeat(batch, 1)}
-    unet.train()
-    times = []
-    for step in range(steps):
-        idx = [(step * batch + i) % len(files) for i in range(batch)]
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            latents = vae.encode(torch.stack([pixels[i] for i in idx])).latent_dist.sample() * vae.config.scaling_factor
-        noise = torch.randn_like(latents)
-        t = torch.randint(0, sched.config.num_train_timesteps, (batch,))
-        pred = unet(sched.add_noise(latents, noise, t), t, ctx, added_cond_kwargs=added).sample
-        F.mse_loss(pred.float(), noise.float()).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t0)
+    text = {"encoder_hidden_states": ctx, "added_cond_kwargs": added}
+    times = timed_steps(unet, vae, DDPMScheduler.from_config(m.scheduler_config), files, batch, steps, lambda idx: text)
     return batch / statistics.median(times[2:])
 
 

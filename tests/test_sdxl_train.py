@@ -120,24 +120,14 @@ def test_sdxl_training_passes_each_images_size_ids_and_pooled_text_to_the_unet(d
 
 
 def test_sdxl_stop_and_resume_equals_an_uninterrupted_run(dataset, tmp_path):
-    import loracam.train.trainer as trainer
+    from test_train import stopping_after
 
     kw = dict(max_steps=4, train_text_encoder=True, te_lr=1e-3)
     ref = tmp_path / "ref.safetensors"
     train(cfg(dataset, ref, "random:tiny-sdxl", **kw), echo=lambda s: None, progress=False)
     out, control = tmp_path / "cut.safetensors", Control()
-    real = trainer._Run._at_step
-
-    def stop_after_two(self, pos, *a, **k):
-        real(self, pos, *a, **k)
-        if pos.step == 2:
-            control.stop = True
-
-    trainer._Run._at_step = stop_after_two
-    try:
+    with stopping_after(2, control):
         train(cfg(dataset, out, "random:tiny-sdxl", **kw), echo=lambda s: None, control=control, progress=False)
-    finally:
-        trainer._Run._at_step = real
     train(cfg(dataset, out, "random:tiny-sdxl", resume=True, **kw), echo=lambda s: None, progress=False)
     a, b = load_file(str(ref)), load_file(str(out))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

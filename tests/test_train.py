@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,26 @@ def dataset(tmp_path_factory) -> Path:
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (64, 64, 3)).astype("uint8")).save(reg_dir / f"r{i}.png")
     return root
+
+
+@contextmanager
+def stopping_after(step: int | None, control: Control):
+    """Within the block the trainer asks ``control`` to stop once optimizer step ``step`` is done (None: the first),
+    as a UI's stop button would."""
+    import loracam.train.trainer as trainer
+
+    real = trainer._Run._at_step
+
+    def stop(self, pos, *a, **k):
+        real(self, pos, *a, **k)
+        if step is None or pos.step == step:
+            control.stop = True
+
+    trainer._Run._at_step = stop
+    try:
+        yield
+    finally:
+        trainer._Run._at_step = real
 
 
 def cfg(dataset: Path, out: Path, **kw) -> TrainConfig:
@@ -86,21 +107,9 @@ def test_stop_and_resume_equals_an_uninterrupted_run(dataset, tmp_path):
     train(cfg(dataset, ref, grad_accum=2, max_steps=5, train_text_encoder=True), echo=lambda s: None, progress=False)
     out = tmp_path / "cut.safetensors"
     control = Control()
-    import loracam.train.trainer as trainer
-
-    real = trainer._Run._at_step
-
-    def stop_after_two(self, pos, *a, **k):
-        real(self, pos, *a, **k)
-        if pos.step == 2:
-            control.stop = True
-
-    trainer._Run._at_step = stop_after_two
-    try:
+    with stopping_after(2, control):
         first = train(cfg(dataset, out, grad_accum=2, max_steps=5, train_text_encoder=True), echo=lambda s: None,
                       control=control, progress=False)
-    finally:
-        trainer._Run._at_step = real
     assert first.stopped_early and first.steps == 2 and not out.exists()
     train(cfg(dataset, out, grad_accum=2, max_steps=5, train_text_encoder=True, resume=True), echo=lambda s: None,
           progress=False)
@@ -178,19 +187,8 @@ def test_full_disk_keeps_the_earlier_checkpoint(dataset, tmp_path, monkeypatch):
 def test_foreign_resume_state_and_finished_runs_are_refused(dataset, tmp_path):
     out = tmp_path / "a.safetensors"
     control = Control(stop=False)
-    import loracam.train.trainer as trainer
-
-    real = trainer._Run._at_step
-
-    def stop(self, pos, *a, **k):
-        real(self, pos, *a, **k)
-        control.stop = True
-
-    trainer._Run._at_step = stop
-    try:
+    with stopping_after(None, control):
         train(cfg(dataset, out, save_every_steps=1), echo=lambda s: None, control=control, progress=False)
-    finally:
-        trainer._Run._at_step = real
     with pytest.raises(LoracamError, match="belongs to another run"):
         train(cfg(dataset, out, rank=8, resume=True), echo=lambda s: None, progress=False)
     train(cfg(dataset, out, resume=True), echo=lambda s: None, progress=False)

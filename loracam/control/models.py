@@ -129,7 +129,7 @@ class ControlNets:
         key = (str(net.path.resolve()), str(device), str(dtype))
         with self._lock:
             if key not in self._loaded:
-                model = load_controlnet(net.path, unet_family(unet_config))
+                model = load_controlnet(net.path, config_family(unet_config))
                 check_fits(model.config, unet_config, net.name)
                 if dtype != torch.float32:
                     model = model.half() if dtype == torch.float16 else model.to(dtype=dtype)
@@ -199,12 +199,8 @@ def sdxl_controlnet_config(unet_config: dict | None = None) -> dict:
     return {k: v for k, v in dict(net.config).items() if not k.startswith("_")}
 
 
-def unet_family(config) -> str:
-    """"sdxl" for a U-Net (or ControlNet) that takes SDXL's pooled text and size ids, else "sd1"."""
-    return config_family(config)
-
-
 def config_family(config) -> str:
+    """"sdxl" for a U-Net or ControlNet config that takes SDXL's pooled text and size ids, else by its text width."""
     if config.get("addition_embed_type") == "text_time":
         return "sdxl"
     return FAMILIES.get(config.get("cross_attention_dim"), ("sd1", ""))[0]
@@ -212,9 +208,9 @@ def config_family(config) -> str:
 
 def _same_family(family: str, base_family: str, name: str) -> None:
     if family != base_family:
-        from loracam.models.families import short_name
+        from loracam.models.families import article, short_name
 
-        raise LoracamError(f"{name} is {'an' if family in ('sd1', 'sdxl') else 'a'} {short_name(family)} ControlNet; "
+        raise LoracamError(f"{name} is {article(family)} {short_name(family)} ControlNet; "
                            f"the base model is {short_name(base_family)}: use a ControlNet made for "
                            f"{short_name(base_family)}")
 
@@ -292,8 +288,8 @@ def _check_kind(state: dict, name: str) -> str:
 
 
 def check_fits(config, unet_config, name: str) -> None:
-    """A ControlNet adds its residuals to the U-Net's skip connections: the widths must be the U-Net's."""
-    _same_family(config_family(config), config_family(unet_config), name)
+    """A ControlNet adds its residuals to the U-Net's skip connections: the widths must be the U-Net's (its family
+    was checked as it was loaded)."""
     mine = (list(config["block_out_channels"]), config["cross_attention_dim"], config["layers_per_block"])
     base = (list(unet_config["block_out_channels"]), unet_config["cross_attention_dim"], unet_config["layers_per_block"])
     if mine != base:

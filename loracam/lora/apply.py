@@ -22,7 +22,7 @@ from torch import nn
 from loracam.errors import LoracamError
 from loracam.lora.formats import LoraFile, LoraModule
 from loracam.lora.naming import model_modules
-from loracam.models.families import FAMILIES, short_name
+from loracam.models.families import FAMILIES, article, short_name
 
 COMPONENTS = ("te", "unet")
 SHOWN = 5  # how many offending keys an error message lists
@@ -257,13 +257,9 @@ def _check_family(lora: LoraFile, base_family: str) -> None:
     if lora.family in ("unknown", base_family):
         return
     raise LoracamError(
-        f"{lora.path.name} is {_article(lora.family)} {short_name(lora.family)} LoRA; the base model is "
+        f"{lora.path.name} is {article(lora.family)} {short_name(lora.family)} LoRA; the base model is "
         f"{short_name(base_family)}. Use a LoRA made for this base, or switch the base"
     )
-
-
-def _article(family: str) -> str:
-    return "an" if short_name(family)[:1] in "SAEIOU" else "a"  # an SDXL, a FLUX.1, a Z-Image
 
 
 def _fit(m: LoraModule, module: nn.Module) -> LoraModule | None:

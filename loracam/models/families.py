@@ -213,3 +213,8 @@ def short_name(name: str) -> str:
     """A family's name for people ("SDXL"), also for a name the table does not hold."""
     family = FAMILIES.get(name)
     return family.short if family else name
+
+
+def article(name: str) -> str:
+    """The article before a family's short name: an SD1.x, an SDXL, a FLUX.1, a Z-Image."""
+    return "an" if short_name(name)[:1] in "SAEIOU" else "a"

@@ -37,6 +37,12 @@ TOY_DIR = Path(__file__).resolve().parent.parent / "toy" / "model"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+# A base's prediction, when its file does not say: what a checkpoint's v_pred / ztsnr marker keys would (empty
+# tensors that ComfyUI, A1111 and Forge read for NoobAI-style bases, shared/docs/research/sdxl_flux.md s1.6;
+# diffusers' from_single_file ignores them).
+PREDICTIONS = ("epsilon", "v_prediction", "v_prediction+ztsnr")
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     """How to load: where, in which precision, and what the user consented to."""
@@ -49,6 +55,10 @@ class LoadOptions:
     # "epsilon", "v_prediction" or "v_prediction+ztsnr" overrides it
     prediction: str | None = None
     vae: str | None = None  # a separate VAE (file or diffusers folder) replacing the base's: --vae
+
+    def __post_init__(self):
+        if self.prediction is not None and self.prediction not in PREDICTIONS:  # before minutes of loading
+            raise LoracamError(f"unknown prediction {self.prediction!r}; use {', '.join(PREDICTIONS)}")
 
 
 @dataclass(frozen=True)
@@ -328,16 +338,10 @@ def _parse_configs(raw, name: str, family: str = "sd1") -> dict[str, dict]:
     return configs
 
 
-# A checkpoint's markers for NoobAI-style v-prediction and zero-terminal-SNR bases: empty tensors that ComfyUI,
-# A1111 and Forge read (shared/docs/research/sdxl_flux.md s1.6); diffusers' from_single_file ignores them.
-PREDICTIONS = ("epsilon", "v_prediction", "v_prediction+ztsnr")
-
-
 def prediction_of(keys: dict[str, tuple], override: str | None) -> tuple[str, bool]:
-    """(prediction type, zero terminal SNR) from the file's v_pred/ztsnr keys, or from ``override``."""
+    """(prediction type, zero terminal SNR) from ``override`` (one of PREDICTIONS), else the file's v_pred/ztsnr
+    keys."""
     if override is not None:
-        if override not in PREDICTIONS:
-            raise LoracamError(f"unknown prediction {override!r}; use {', '.join(PREDICTIONS)}")
         return override.split("+")[0], override.endswith("+ztsnr")
     return ("v_prediction" if "v_pred" in keys else "epsilon"), "ztsnr" in keys
 
@@ -351,9 +355,8 @@ def _load_file(value: str, opts: LoadOptions) -> BaseModel:
     in_ch = keys.get("model.diffusion_model.input_blocks.0.0.weight", (0, 4))[1]
     configs = checkpoint_configs(path, opts.allow_pickle, family.name)
     check_layout(keys, configs, in_ch, path.name, family.name)
-    prediction, zsnr = prediction_of(keys, opts.prediction)
+    prediction, zsnr = prediction_of(keys, None)  # the file's markers; _finish applies an override
     pipeline = getattr(diffusers, family.pipeline)
-    extra = {}
     if family.name == "sdxl":  # the shipped SDXL folder holds no BPE files: both tokenizers are CLIP's, shipped once
         extra = {"tokenizer": clip_tokenizer(SDXL_DIR / "tokenizer"),
                  "tokenizer_2": clip_tokenizer(SDXL_DIR / "tokenizer_2")}

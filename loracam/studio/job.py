@@ -185,7 +185,7 @@ def style_base(base: str | None) -> str:
         return "toy"
     from loracam.models.loader import ref_family
 
-    return {"sdxl": "sdxl"}.get(ref_family(base), "sd15")
+    return "sdxl" if ref_family(base) == "sdxl" else "sd15"
 
 
 def _pick_styles(cfg: StudioConfig):

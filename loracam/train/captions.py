@@ -20,10 +20,6 @@ class Conditioning:
     context: torch.Tensor  # [B, 77, C]
     pooled: torch.Tensor | None = None  # [B, P] (SDXL)
 
-    def rows(self, index: list[int]) -> "Conditioning":
-        ix = torch.tensor(index, device=self.context.device)
-        return Conditioning(self.context[ix], None if self.pooled is None else self.pooled[ix])
-
 
 def _ids(tokenizer, captions: list[str], device) -> torch.Tensor:
     return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
