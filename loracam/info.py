@@ -49,6 +49,7 @@ def _describe_safetensors(path: Path, hash_cache: HashCache) -> dict:
         "kind": "lora",
         "name": lora.name,
         "layout": lora.layout,
+        "network": "+".join(lora.networks),  # LoRA (LoCon), LoHa, LoKr as read; +DoRA with magnitudes
         "family": lora.family,
         "dim": dims[0] if len(dims) == 1 else dims,
         "alpha": alphas[0] if len(alphas) == 1 else alphas,
@@ -56,6 +57,7 @@ def _describe_safetensors(path: Path, hash_cache: HashCache) -> dict:
         "unet_modules": sum(1 for m in lora.modules.values() if m.component == "unet"),
         "te_modules": sum(1 for m in lora.modules.values() if m.component == "te"),
         "conv3x3_modules": convs,
+        "dora_modules": lora.dora_modules,
         "hash": hash_cache.addnet_hash(path)[:12],
         "metadata": lora.metadata,
     }

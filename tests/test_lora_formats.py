@@ -140,7 +140,7 @@ def test_alias_from_ss_output_name(base, tmp_path):
     ("lora_unet_down_blocks_0_resnets_0_conv1.hada_t1", "Tucker"),
     ("lora_unet_down_blocks_0_resnets_0_conv1.lokr_t2", "LoKr with Tucker"),
     ("lora_unet_down_blocks_0_resnets_0_conv1.lora_mid.weight", "lora_mid"),
-    ("lora_unet_down_blocks_0_attentions_0_proj_in.dora_scale", "DoRA"),
+    ("lora_unet_down_blocks_0_attentions_0_proj_in.oft_blocks", "OFT"),
 ])
 def test_lycoris_variants_are_named(tmp_path, key, variant):
     path = tmp_path / "lyco.safetensors"

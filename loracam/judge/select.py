@@ -153,6 +153,10 @@ def average_loras(paths: Sequence[Path], out: Path, metadata: Mapping[str, str] 
     first = loras[0]
     for lora in loras[1:]:
         _check_same_modules(first, lora)
+    dora = next((lora for lora in loras if lora.dora_modules), None)
+    if dora is not None:  # a DoRA layer is not a low-rank sum, so no exact average of them is a LoRA file
+        raise LoracamError(f"cannot average {dora.path.name}: it is a DoRA network, whose layers are not low-rank "
+                           "sums; average plain LoRA checkpoints, or keep the best single one")
     k = len(loras)
     modules: dict[str, LoraModule] = {}
     for name in first.modules:

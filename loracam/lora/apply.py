@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from loracam.errors import LoracamError
-from loracam.lora.formats import LoraFile, LoraModule
+from loracam.lora.formats import LoraFile, LoraModule, dora_on_output
 from loracam.lora.naming import model_modules
 from loracam.models.families import FAMILIES, article, short_name
 
@@ -30,21 +30,31 @@ SHOWN = 5  # how many offending keys an error message lists
 
 @dataclass
 class _Patch:
-    """One base layer and the LoRA modules that patch it, concatenated along the rank axis."""
+    """One base layer and the LoRA modules that patch it: plain ones concatenated along the rank axis, DoRA ones
+    (whose change is not a low-rank product) kept apart."""
 
     name: str
     component: str
     module: nn.Module
     loras: list[tuple[int, LoraModule]]  # (index of the LoRA in the stack, its module fitted to the layer)
+    doras: list[tuple[int, LoraModule]] = field(default_factory=list)  # the same, for DoRA modules
     col_lora: torch.Tensor | None = None  # [D] which LoRA each rank column belongs to
     col_scale: torch.Tensor | None = None  # [D] that LoRA's alpha/dim
     signature: tuple = ()  # what the per-row factor depends on: layers that share it share the factor
     _cache: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.base = self.module.weight  # DoRA's norms are of the base layer's own weight, whatever is fused later
+
+    def add(self, index: int, m: LoraModule) -> None:
+        (self.doras if m.magnitude is not None else self.loras).append((index, m))
+
     def finish(self) -> None:
         """Lay out the rank columns, once every LoRA of the stack has been added."""
-        self.col_lora = torch.cat([torch.full((m.dim,), i, dtype=torch.long) for i, m in self.loras])
-        self.col_scale = torch.cat([torch.full((m.dim,), m.scale, dtype=torch.float32) for _, m in self.loras])
+        dims = [torch.full((m.dim,), i, dtype=torch.long) for i, m in self.loras]
+        scales = [torch.full((m.dim,), m.scale, dtype=torch.float32) for _, m in self.loras]
+        self.col_lora = torch.cat(dims) if dims else torch.zeros(0, dtype=torch.long)
+        self.col_scale = torch.cat(scales) if scales else torch.zeros(0)
         self.signature = (self.component, tuple((i, m.dim, m.scale) for i, m in self.loras))
 
     @property
@@ -59,6 +69,20 @@ class _Patch:
                 down = torch.cat([m.down for _, m in self.loras], dim=0)
                 up = torch.cat([m.up for _, m in self.loras], dim=1)
                 self._cache[key] = (down.to(device, dtype), up.to(device, dtype))
+        return self._cache[key]
+
+    def dora_gains(self, device: torch.device, dtype: torch.dtype) -> list[tuple[int, LoraModule, torch.Tensor,
+                                                                               bool]]:
+        """(LoRA index, module, gain, per output?) for each DoRA module: W_dora = (W + delta) x gain, the gain
+        magnitude / ||W + delta|| per output row or input column ([out] or [in]); cached per device/dtype."""
+        key = ("dora", device, dtype)
+        if key not in self._cache:
+            with _normal_tensors():
+                out = []
+                for i, m in self.doras:
+                    gain, on_out = m.dora_gain(self.base)
+                    out.append((i, m, gain.to(device, dtype), on_out))
+                self._cache[key] = out
         return self._cache[key]
 
 
@@ -86,7 +110,7 @@ class LoraStack:
             for name, module, fitted in _match(lora, targets, base_family):
                 component = targets[name][0]
                 patches.setdefault(name, _Patch(name, component, module, []))
-                patches[name].loras.append((index, fitted))
+                patches[name].add(index, fitted)
         for p in patches.values():
             p.finish()
         self._patches = list(patches.values())
@@ -112,10 +136,11 @@ class LoraStack:
             try:
                 for p in self._patches:
                     factor = torch.tensor(mults[p.component])[p.col_lora] * p.col_scale  # [D]
-                    if not bool(factor.any()):
+                    dora = [(mults[p.component][i], m) for i, m in p.doras]
+                    if not bool(factor.any()) and not any(mult for mult, _ in dora):
                         continue  # every multiplier is 0 here: the base layer stays as it is
                     original = p.module.weight
-                    merged = _merged_weight(p, original, factor)
+                    merged = _merged_weight(p, original, factor, dora)
                     saved.append((p.module, original))
                     p.module.weight = nn.Parameter(merged, requires_grad=original.requires_grad)
                 yield
@@ -179,14 +204,19 @@ class RowMultipliers:
         self._rows[component] = mults
         self._factors = {k: v for k, v in self._factors.items() if k[0][0] != component}
 
+    def rows(self, component: str) -> torch.Tensor:
+        """[R, L]: the multipliers set for ``component``."""
+        rows = self._rows.get(component)
+        if rows is None:
+            raise RuntimeError(f"per_sample: call set_rows({component!r}, mults) before running the model")
+        return rows
+
     def factor(self, patch: _Patch, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """[R, D]: each row's multiplier x scale for each rank column of ``patch``, cached until set_rows."""
         key = (patch.signature, device, dtype)
         cached = self._factors.get(key)
         if cached is None:
-            rows = self._rows.get(patch.component)
-            if rows is None:
-                raise RuntimeError(f"per_sample: call set_rows({patch.component!r}, mults) before running the model")
+            rows = self.rows(patch.component)
             with _normal_tensors():
                 cached = (rows[:, patch.col_lora] * patch.col_scale).to(device, dtype)
             self._factors[key] = cached
@@ -194,32 +224,84 @@ class RowMultipliers:
 
 
 def _row_hook(p: _Patch, ctl: RowMultipliers):
-    """A forward hook adding sum_i mults[row, i] x scale_i x up_i(down_i(x)) to the layer's output."""
+    """A forward hook adding sum_i mults[row, i] x scale_i x up_i(down_i(x)) to the layer's output, and each DoRA
+    module's mults[row, j] x (W_dora_j - W) x."""
 
     def hook(module: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor) -> torch.Tensor:
         x = args[0] if args else kwargs["input"]
-        f = ctl.factor(p, x.device, x.dtype)  # [R, D]
-        if x.shape[0] != f.shape[0]:
+        rows = ctl.rows(p.component)
+        if x.shape[0] != rows.shape[0]:
             raise ValueError(
                 f"per_sample: {p.component} got a batch of {x.shape[0]} rows at {p.name}, but set_rows gave "
-                f"{f.shape[0]}; set one multiplier row per batch row (CFG doubles the U-Net batch)"
+                f"{rows.shape[0]}; set one multiplier row per batch row (CFG doubles the U-Net batch)"
             )
-        down, up = p.tensors(x.device, x.dtype)
-        if p.is_conv:
-            h = F.conv2d(x, down, None, module.stride, module.padding, module.dilation)  # [R, D, H', W']
-            return out + F.conv2d(h * f[:, :, None, None], up)
-        h = F.linear(x, down)  # [R, ..., D]
-        f = f.view(f.shape[0], *([1] * (h.ndim - 2)), f.shape[1])
-        return out + F.linear(h * f, up)
+        extra = _dora_rows(p, module, x, out, rows) if p.doras else None
+        if p.loras:
+            out = out + _lora_rows(p, module, x, ctl.factor(p, x.device, x.dtype))
+        return out if extra is None else out + extra
 
     return hook
 
 
-def _merged_weight(p: _Patch, weight: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """W + sum of the LoRAs' deltas, computed in fp32 and cast back to the weight's dtype."""
-    down, up = p.tensors(weight.device, torch.float32)
-    delta = (up.flatten(1) * factor.to(weight.device)) @ down.flatten(1)  # [out, in*kh*kw]
-    return (weight.detach().float() + delta.reshape(weight.shape)).to(weight.dtype)
+def _lora_rows(p: _Patch, module: nn.Module, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """sum_i f[row, column] x up(down(x)) over the plain LoRAs' rank columns."""
+    down, up = p.tensors(x.device, x.dtype)
+    if p.is_conv:
+        h = F.conv2d(x, down, None, module.stride, module.padding, module.dilation)  # [R, D, H', W']
+        return F.conv2d(h * f[:, :, None, None], up)
+    h = F.linear(x, down)  # [R, ..., D]
+    f = f.view(f.shape[0], *([1] * (h.ndim - 2)), f.shape[1])
+    return F.linear(h * f, up)
+
+
+def _dora_rows(p: _Patch, module: nn.Module, x: torch.Tensor, out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """sum_j rows[r, j] x (W_dora_j - W) x without forming W_dora (no full-size weight per DoRA is kept):
+    W_dora = (W + d) x g, so per output row (W_dora - W) x = (g - 1) (W x) + g (d x), and per input column
+    (W_dora - W) x = W ((g - 1) x) + d (g x), the one extra base-layer product of the input-axis kind."""
+    conv = p.is_conv
+    channel = 1 if conv else -1  # where a layer's in/out channels sit in x and in its output
+
+    def along(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        shape = [1] * like.ndim
+        shape[channel] = -1
+        return v.view(shape)
+
+    def low_rank(m: LoraModule, h: torch.Tensor) -> torch.Tensor:
+        down, up = m.down.to(h.device, h.dtype), m.up.to(h.device, h.dtype)
+        if conv:
+            return F.conv2d(F.conv2d(h, down, None, module.stride, module.padding, module.dilation), up) * m.scale
+        return F.linear(F.linear(h, down), up) * m.scale
+
+    def base(h: torch.Tensor) -> torch.Tensor:
+        w = p.base.to(h.dtype)
+        if conv:
+            return F.conv2d(h, w, None, module.stride, module.padding, module.dilation, module.groups)
+        return F.linear(h, w)
+
+    plain = out if module.bias is None else out - along(module.bias.to(out.dtype), out)  # W x
+    total = torch.zeros_like(out)
+    for i, m, gain, on_out in p.dora_gains(x.device, x.dtype):
+        if on_out:
+            change = along(gain - 1, out) * plain + along(gain, out) * low_rank(m, x)
+        else:
+            change = base(x * along(gain - 1, x)) + low_rank(m, x * along(gain, x))
+        total = total + rows[:, i].to(out.device, out.dtype).view(-1, *[1] * (out.ndim - 1)) * change
+    return total
+
+
+def _merged_weight(p: _Patch, weight: torch.Tensor, factor: torch.Tensor,
+                   dora: list[tuple[float, LoraModule]] = ()) -> torch.Tensor:
+    """W + sum of the LoRAs' deltas (plain, and mult x (W_dora - W) for DoRA modules, each against the base
+    weight, so the order of the stack does not matter), computed in fp32 and cast back to the weight's dtype."""
+    total = weight.detach().float()
+    if p.loras:
+        down, up = p.tensors(weight.device, torch.float32)
+        delta = (up.flatten(1) * factor.to(weight.device)) @ down.flatten(1)  # [out, in*kh*kw]
+        total = total + delta.reshape(weight.shape)
+    for mult, m in dora:
+        if mult:
+            total = total + mult * m.dora_delta(p.base.to(weight.device)).reshape(weight.shape)
+    return total.to(weight.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,6 +362,8 @@ def _fit(m: LoraModule, module: nn.Module) -> LoraModule | None:
             down, up = down.flatten(1), up.flatten(1)
         if down.ndim != 2 or down.shape[1] != w[1] or up.shape[0] != w[0]:
             return None
+    if m.magnitude is not None and m.magnitude.numel() != w[0 if dora_on_output(m.magnitude, w) else 1]:
+        return None
     return replace(m, down=down, up=up) if (down is not m.down or up is not m.up) else m
 
 

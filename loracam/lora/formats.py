@@ -29,12 +29,18 @@ PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin", ".pth")
 
 @dataclass(frozen=True)
 class LoraModule:
-    """One LoRA module: delta_W = multiplier x (alpha / dim) x up @ down (conv: flattened, then reshaped)."""
+    """One LoRA module: delta_W = multiplier x (alpha / dim) x up @ down (conv: flattened, then reshaped).
+
+    A DoRA module also has a ``magnitude``: the layer becomes W + multiplier x (W_dora - W), with
+    W_dora = (W + delta_W) x magnitude / ||W + delta_W||, the norm taken per output row when the magnitude has
+    one value per output ([out, 1, ...], peft's and LyCORIS 3+'s default) and per input column otherwise
+    ([1, in, ...], the DoRA paper's and kohya's). ``dora_weight`` computes it."""
 
     name: str  # kohya module name: "lora_unet_down_blocks_0_attentions_0_proj_in"
     down: torch.Tensor  # [dim, in] or [dim, in, kh, kw]
     up: torch.Tensor  # [out, dim] or [out, dim, 1, 1]
     alpha: float  # the file's alpha; = dim when the file has none
+    magnitude: torch.Tensor | None = None  # DoRA: [out] or [out, 1(, 1, 1)] or [1, in(, 1, 1)] as the file has it
 
     @property
     def dim(self) -> int:
@@ -56,6 +62,26 @@ class LoraModule:
         shape = (self.up.shape[0], *self.down.shape[1:])
         return (self.scale * (up @ down)).reshape(shape)
 
+    def dora_gain(self, weight: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """DoRA's magnitude / ||W + delta_W|| for a base weight W, in fp32: [out] when the norm is per output row,
+        [in] when per input column (which of the two is the second value)."""
+        w = weight.detach().float()
+        merged = w + self.delta().reshape(w.shape)
+        on_out = dora_on_output(self.magnitude, w.shape)
+        norm = (merged if on_out else merged.transpose(0, 1)).flatten(1).norm(dim=1)
+        return self.magnitude.float().reshape(-1) / (norm + torch.finfo(torch.float32).eps), on_out
+
+    def dora_delta(self, weight: torch.Tensor) -> torch.Tensor:
+        """W_dora - W in fp32 for a base weight W: what multiplier 1 adds to the layer.
+
+        As ComfyUI's and A1111's DoRA (and LyCORIS' merge at multiplier 1): the norm is that of the merged
+        W + delta_W, per output row or per input column as the magnitude's shape says; a multiplier m gives
+        W + m x (W_dora - W), so 0 is the base layer (LyCORIS' own merge keeps delta_W at m = 0)."""
+        w = weight.detach().float()
+        gain, on_out = self.dora_gain(w)
+        shape = (-1, *[1] * (w.ndim - 1)) if on_out else (1, -1, *[1] * (w.ndim - 2))
+        return (w + self.delta().reshape(w.shape)) * gain.reshape(shape) - w
+
 
 @dataclass(frozen=True)
 class LoraFile:
@@ -68,6 +94,11 @@ class LoraFile:
     layout: str  # "kohya" | "peft" | "diffusers-legacy"
     metadata: dict[str, str]
     modules: dict[str, LoraModule]
+    networks: tuple[str, ...] = ("LoRA",)  # what the file's modules are: "LoRA", "LoHa", "LoKr", and "DoRA"
+
+    @property
+    def dora_modules(self) -> int:
+        return sum(1 for m in self.modules.values() if m.magnitude is not None)
 
     @property
     def note(self) -> str | None:
@@ -86,6 +117,12 @@ class LoraFile:
 # reading
 
 
+def dora_on_output(magnitude: torch.Tensor, weight_shape: torch.Size) -> bool:
+    """Whether a DoRA magnitude has one value per output row (else one per input column): ComfyUI's test, the
+    first axis matching the weight's outputs ([out] or [out, 1, ...]; [1, in, ...] is per input)."""
+    return magnitude.ndim == 1 or (magnitude.shape[0] == weight_shape[0] and magnitude.shape[0] != 1)
+
+
 def read_lora(path: Path) -> LoraFile:
     """Read a LoRA file of any supported layout; every problem is a LoracamError naming the file."""
     path = Path(path)
@@ -99,8 +136,9 @@ def read_lora(path: Path) -> LoraFile:
     family = layouts.detect_family(records, metadata)
     modules = _modules(records, family, path.name)
     alias = metadata.get("ss_output_name", "").strip()
+    networks = sorted({r.kind for r in records}) + (["DoRA"] if any(r.magnitude is not None for r in records) else [])
     return LoraFile(path=path, name=alias or path.stem, stem=path.stem, family=family, layout=layout,
-                    metadata=dict(metadata), modules=modules)
+                    metadata=dict(metadata), modules=modules, networks=tuple(networks))
 
 
 def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -141,7 +179,8 @@ def _modules(records: list[layouts.RawModule], family: str, filename: str) -> di
         if rec.down is None or rec.up is None:
             half = "up" if rec.up is None else "down"
             raise LoracamError(f"{filename} is incomplete: module {name} has no {half} weight; export it again")
-        module = LoraModule(name, rec.down, rec.up, float(rec.alpha if rec.alpha is not None else rec.down.shape[0]))
+        module = LoraModule(name, rec.down, rec.up, float(rec.alpha if rec.alpha is not None else rec.down.shape[0]),
+                            rec.magnitude)
         _check_shapes(module, filename)
         modules[name] = module
     return modules
@@ -161,6 +200,16 @@ def _check_shapes(m: LoraModule, filename: str) -> None:
             f"{filename}: module {m.name} has inconsistent shapes (down {tuple(m.down.shape)}, up "
             f"{tuple(m.up.shape)}); the file is damaged or of an unsupported variant"
         )
+    if m.magnitude is not None:
+        mag, out, width = m.magnitude, m.up.shape[0], m.down.shape[1]
+        per_out = mag.numel() == out and (mag.ndim == 1 or mag.shape[0] == out)
+        # per input: [1, in(, 1, 1)]; a LoHa conv's down is flattened to [D, in x kh x kw], so in divides width
+        per_in = mag.ndim >= 2 and mag.shape[0] == 1 and mag.numel() == mag.shape[1] and width % mag.shape[1] == 0
+        if not (per_out or per_in):
+            raise LoracamError(
+                f"{filename}: DoRA module {m.name} has a magnitude of shape {tuple(mag.shape)}, which fits neither "
+                f"its {out} outputs nor its {width} inputs; the file is damaged"
+            )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,8 +23,6 @@ UNSUPPORTED_VARIANTS: dict[str, str] = {
     r"\.hada_t\d": "LyCORIS LoHa with Tucker-decomposed convs (hada_t1 keys)",
     r"\.lokr_t\d": "LyCORIS LoKr with Tucker-decomposed convs (lokr_t2 keys)",
     r"\.lora_mid\.": "LyCORIS LoCon with CP decomposition (lora_mid keys)",
-    r"\.dora_scale$": "DoRA (dora_scale keys)",
-    r"\.lora_magnitude_vector": "DoRA (lora_magnitude_vector keys)",
     r"\.oft_(blocks|diag)": "OFT (oft_blocks keys)",
     r"\.a1\.weight$": "LyCORIS GLoRA (a1/a2/b1/b2 keys)",
     r"\.(w|b)_norm$": "LyCORIS norm-layer network (w_norm keys)",
@@ -50,6 +48,8 @@ class RawModule:
     alpha: float | None = None
     hada: dict[str, torch.Tensor] | None = None  # LyCORIS LoHa's four factors, until loha_as_lora turns them into down/up
     lokr: dict[str, torch.Tensor] | None = None  # LyCORIS LoKr's factors, until lokr_as_lora does
+    magnitude: torch.Tensor | None = None  # DoRA's magnitude (LyCORIS dora_scale, peft lora_magnitude_vector)
+    kind: str = "LoRA"  # the network as the file stores it: "LoRA", "LoHa", "LoKr" (all read to down/up)
 
 
 Tensors = Mapping[str, torch.Tensor]
@@ -61,7 +61,7 @@ def check_variant(keys: list[str], filename: str) -> None:
         if any(re.search(pattern, k) for k in keys):
             raise LoracamError(
                 f"{filename} is a {variant} network; loracam applies LoRA, LoCon, LoHa and LoKr (without Tucker "
-                "convs). "
+                "convs), and their DoRA versions. "
                 "Use a LoRA/LoCon version of it, or merge it into a checkpoint with another tool first"
             )
 
@@ -96,11 +96,14 @@ def parse_kohya(tensors: Tensors, filename: str) -> list[RawModule]:
     for key, t in tensors.items():
         name, _, part = key.partition(".")
         prefix = next((p for p in KOHYA_PREFIXES if name.startswith(p)), None)
-        if prefix is None or part not in ("lora_down.weight", "lora_up.weight", "alpha", *LOHA_PARTS, *LOKR_PARTS):
+        if prefix is None or part not in ("lora_down.weight", "lora_up.weight", "alpha", "dora_scale", *LOHA_PARTS,
+                                          *LOKR_PARTS):
             bad.append(key)
             continue
         rec = found.setdefault(name, RawModule(KOHYA_PREFIXES[prefix], name[len(prefix):]))
-        if part in LOHA_PARTS:
+        if part == "dora_scale":
+            rec.magnitude = t
+        elif part in LOHA_PARTS:
             rec.hada = (rec.hada or {}) | {part: t}
         elif part in LOKR_PARTS:
             rec.lokr = (rec.lokr or {}) | {part: t}
@@ -138,7 +141,7 @@ def loha_as_lora(rec: RawModule, filename: str) -> None:
     rec.up = (w1a[:, :, None] * w2a[:, None, :]).reshape(out, r1 * r2)
     rec.down = (w1b[:, None, :] * w2b[None, :, :]).reshape(r1 * r2, width)
     rec.alpha = (rec.alpha if rec.alpha is not None else r1) / r1 * (r1 * r2)
-    rec.hada = None
+    rec.hada, rec.kind = None, "LoHa"
 
 
 # LyCORIS LoKr: delta_W = scale x kron(W1, W2), each factor given whole (lokr_w1) or as a low-rank product
@@ -169,7 +172,7 @@ def lokr_as_lora(rec: RawModule, filename: str) -> None:
     rec.up, rec.down = torch.kron(a1, a2), torch.kron(b1, b2)
     scale = rec.alpha / dim if rec.alpha is not None and dim else 1.0
     rec.alpha = scale * rec.down.shape[0]
-    rec.lokr = None
+    rec.lokr, rec.kind = None, "LoKr"
 
 
 def _store(rec: RawModule, part: str, t: torch.Tensor) -> None:
@@ -185,6 +188,7 @@ def _store(rec: RawModule, part: str, t: torch.Tensor) -> None:
 # peft / diffusers: [unet.|text_encoder.|text_encoder_2.]<module>.lora_A.weight / .lora_B.weight
 
 _PEFT = re.compile(r"^(?P<mod>.+)\.(?P<part>lora_A|lora_B)(?:\.[\w-]+)?\.weight$")
+_PEFT_MAGNITUDE = re.compile(r"^(?P<mod>.+)\.lora_magnitude_vector(?:\.[\w-]+)?(?:\.weight)?$")  # peft's DoRA
 
 
 def _split_component(path: str, prefixes: Mapping[str, str]) -> tuple[str, str]:
@@ -203,11 +207,16 @@ def parse_peft(tensors: Tensors, metadata: Mapping[str, str], filename: str) -> 
     alphas: dict[tuple[str, str], float] = {}
     bad = []
     for key, t in tensors.items():
-        m = _PEFT.match(key)
+        m = _PEFT.match(key) or _PEFT_MAGNITUDE.match(key)
         if m:
             comp, path = _split_component(m["mod"], PEFT_PREFIXES)
             rec = found.setdefault((comp, path), RawModule(comp, path.replace(".", "_")))
-            _store(rec, m["part"], t)
+            if "part" in m.groupdict():
+                _store(rec, m["part"], t)
+            else:
+                # peft's DoRA norms per output always; its conv magnitudes are [1, out, 1, 1], which would read as
+                # LyCORIS' per-input [1, in, 1, 1]: kept 1-D ([out]), the per-output form
+                rec.magnitude = t.reshape(-1)
         elif key.endswith(".alpha"):
             alphas[_split_component(key[: -len(".alpha")], PEFT_PREFIXES)] = float(t.float().reshape(-1)[0])
         else:
@@ -243,9 +252,6 @@ def _config_alpha(cfg: dict | None, path: str, rank: int, filename: str) -> floa
     """The alpha peft would use for ``path``: alpha_pattern, else lora_alpha, else the rank (scale 1)."""
     if not cfg:
         return float(rank)
-    if cfg.get("use_dora"):
-        raise LoracamError(f"{filename} is a DoRA network (use_dora); loracam does not apply DoRA yet: use a LoRA "
-                           "version of it")
     alpha = float(cfg.get("lora_alpha") or rank)
     for pattern, value in (cfg.get("alpha_pattern") or {}).items():
         if re.match(rf"(.*\.)?({pattern})$", path):  # peft matches pattern keys as module-path suffixes
