@@ -240,7 +240,7 @@ def section_upscale(s: Scale, work: Path) -> dict:
     defaults and untiled: megapixels/s out, and the tiler's overhead (upscale_speed.py's measurement)."""
     from upscale_speed import measure, rrdb
 
-    from loracam.finish.upscale import TileOptions
+    from loracam.generate.upscale import TileOptions
 
     device = torch.device(s.device)
     if s.model == "random:sd15":

@@ -22,8 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import timed, write_result  # noqa: E402
 
-from loracam.finish.models import import_spandrel, load_descriptor  # noqa: E402
-from loracam.finish.upscale import TileOptions, tiled  # noqa: E402
+from loracam.models.upscalers import import_spandrel, load_descriptor  # noqa: E402
+from loracam.generate.upscale import TileOptions, tiled  # noqa: E402
 from loracam.toy.upscaler import TOY_UPSCALER  # noqa: E402
 
 

@@ -80,8 +80,9 @@ def gen(
     output: Path = typer.Option(Path("outputs"), "-o", "--output", help="Output folder (files are never overwritten)."),
 ):
     """Render images: txt2img, img2img (--init-image) or inpainting (--mask), PNGs with A1111 infotext."""
-    from loracam.config import from_dict, load_toml
-    from loracam.generate import GenRequest, generate, read_png_infotext, request_from_infotext
+    from loracam.config import from_dict, read_toml
+    from loracam.finish.gen import gen_config, generate, request_from_infotext
+    from loracam.generate import GenRequest, read_png_infotext
     from loracam.generate.api import check_lora_hashes
     from loracam.io import check_writable_dir
     from loracam.lora import LoraLibrary
@@ -95,21 +96,23 @@ def gen(
         precision=precision, allow_pickle=allow_pickle or None, vae=str(vae) if vae else None,
         prediction=prediction, lora_dirs=tuple(map(str, lora_dir)) if lora_dir else None, **hires_flags(
             hires_scale, hires_resize, hires_upscaler, hires_steps, upscaler_dir),
-        detail=detail_passes(detail, detail_denoising, detail_confidence, detail_padding, detail_mask_blur,
-                             detail_controlnet),
         **control_flags(controlnet, control_mode, resize_mode, controlnet_dir),
     )
     flags = {k: v for k, v in flags.items() if v is not None}
+    passes = detail_passes(detail, detail_denoising, detail_confidence, detail_padding, detail_mask_blur,
+                           detail_controlnet)
     check_writable_dir(output)  # fail before minutes of rendering; created when the first image is saved
     models = services()
     warnings: list[str] = []
     if from_image is not None:
         info = read_png_infotext(from_image)
-        req = request_from_infotext(info, flags.pop("base", None), ckpt_dir or [], models, from_image, **flags)
+        req, passes = request_from_infotext(info, flags.pop("base", None), ckpt_dir or [], models, from_image,
+                                            detail=passes, **flags)
         library = LoraLibrary([Path(d) for d in req.lora_dirs], models.hash_cache)
         warnings += check_lora_hashes(info, library)
     else:
-        req = load_toml(GenRequest, config) if config else GenRequest()
+        table = read_toml(config) if config else {}
+        req, passes = gen_config(table, str(config), passes)
         req = from_dict(GenRequest, {**asdict(req), **flags}, where="gen options")
         if not req.prompt:
             raise LoracamError("give a prompt (or --from IMAGE.png, or a --config with prompt = ...)")
@@ -118,7 +121,7 @@ def gen(
         typer.secho(f"warning: {w}", err=True, fg=typer.colors.YELLOW)
     bar = StepBar(total=_total_steps(req))
     try:
-        result = generate(req, models, library, progress=bar)
+        result = generate(req, models, library, progress=bar, detail=passes or ())
     finally:
         bar.close()
     for w in result.warnings:

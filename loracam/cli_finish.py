@@ -90,7 +90,7 @@ def upscale(
     """Upscale images (A1111's Extras): PNGs keep their infotext and get an `extras` chunk."""
     from loracam.errors import LoracamError
     from loracam.finish.extras import upscale_files
-    from loracam.finish.upscale import TileOptions, load_upscaler
+    from loracam.generate.upscale import TileOptions, load_upscaler
     from loracam.io import check_writable_dir
     from loracam.models import pick_device
 

@@ -393,6 +393,7 @@ def test_img2img_inpaint_and_tile_upscale(models, nets, tmp_path):
 
 def test_detail_pass_carries_its_own_controlnet(models, nets, tmp_path):
     from loracam.cli_finish import detail_passes
+    from loracam.finish.gen import generate
 
     mask = tmp_path / "m.png"
     m = np.zeros((64, 64), np.uint8)
@@ -400,11 +401,9 @@ def test_detail_pass_carries_its_own_controlnet(models, nets, tmp_path):
     Image.fromarray(m).save(mask)
     passes = detail_passes([f"mask:{mask}"], 0.6, 0.3, None, None, ["tile:0.7:model=tiny_sd15_canny"])
     assert passes[0].control[0].weight == 0.7 and passes[0].control[0].source == ""
-    req = GenRequest(prompt="a cat", base="random:tiny", steps=4, seed=1, detail=passes,
-                     controlnet_dirs=(str(nets["dir"]),))
-    with_cn = generate(req, models).images[0]
-    plain = generate(GenRequest(**{**req.__dict__, "detail": detail_passes([f"mask:{mask}"], 0.6, 0.3, None, None)}),
-                     models).images[0]
+    req = GenRequest(prompt="a cat", base="random:tiny", steps=4, seed=1, controlnet_dirs=(str(nets["dir"]),))
+    with_cn = generate(req, models, detail=passes).images[0]
+    plain = generate(req, models, detail=detail_passes([f"mask:{mask}"], 0.6, 0.3, None, None)).images[0]
     assert "ADetailer ControlNet model: tiny_sd15_canny [" in with_cn.infotext
     assert "ADetailer ControlNet module: tile_resample" in with_cn.infotext
     assert "ADetailer ControlNet weight: 0.7" in with_cn.infotext

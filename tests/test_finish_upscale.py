@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from loracam.cli import app
 from loracam.errors import LoracamError
-from loracam.finish.models import import_spandrel
-from loracam.finish.upscale import ModelUpscaler, TileOptions, load_upscaler, ramp, tile_spans, tiled, to_tensor
+from loracam.models.upscalers import import_spandrel
+from loracam.generate.upscale import ModelUpscaler, TileOptions, load_upscaler, ramp, tile_spans, tiled, to_tensor
 from loracam.generate.infotext import _PARAM, parse_infotext
 from loracam.generate.images import png_bytes
 

@@ -33,7 +33,7 @@ def pixels(png) -> np.ndarray:
 @pytest.fixture(scope="module")
 def x4(tmp_path_factory):
     """A tiny random Real-ESRGAN compact x4 file, as users keep them in an upscaler folder."""
-    from loracam.finish.models import import_spandrel
+    from loracam.models.upscalers import import_spandrel
 
     import_spandrel()
     from spandrel.architectures.Compact import Compact

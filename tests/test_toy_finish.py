@@ -22,7 +22,7 @@ def test_toy_4x_is_a_real_esrgan_compact_file_and_beats_lanczos():
     state = torch.load(TOY_UPSCALER, map_location="cpu", weights_only=True)
     assert set(state) == {"params"} and "body.0.weight" in state["params"]
     assert TOY_UPSCALER.stat().st_size <= 5 * 2**20
-    from loracam.finish.upscale import load_upscaler
+    from loracam.generate.upscale import load_upscaler
 
     up = load_upscaler("toy-4x", torch.device("cpu"))
     assert (up.name, up.scale, up.desc.architecture.name) == ("toy-4x", 4, "RealESRGAN Compact")
@@ -55,7 +55,7 @@ def test_tiled_toy_4x_stays_close_to_untiled_at_the_seams():
     """Away from seams tiles are exact (test_finish_upscale.py); at a seam each tile saw zero padding within the
     network's reach (10 3x3 convs: 10 input pixels) and the blend only dilutes that. With an overlap of 16 the
     worst pixel of a toy render measured 5/255 and the mean 0.05/255 when this was written: bounds at 2x that."""
-    from loracam.finish.upscale import load_upscaler, tiled, to_tensor
+    from loracam.generate.upscale import load_upscaler, tiled, to_tensor
     from loracam.toy import world
 
     up = load_upscaler("toy-4x", torch.device("cpu"))

@@ -50,7 +50,7 @@ def _job(path: Path, prompt, negative, seed, base, ckpt_dirs, lora_dirs, device,
         # controlnet=(): the image's own ControlNets made it; the passes bring theirs
         req = request_from_infotext(info, base, [Path(d) for d in ckpt_dirs], models, controlnet=(),
                                     **{k: v for k, v in overrides.items() if v is not None})
-        return path, image, text, replace(req, detail=()), info
+        return path, image, text, req, info
     if prompt is None:
         raise LoracamError(f"{path.name} has no generation parameters (no infotext); give --prompt (and --negative, "
                            "--seed, --base) to detail it")

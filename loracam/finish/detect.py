@@ -96,9 +96,9 @@ class _PoseRegion:
 
 class _Toy:
     def __init__(self, part: str):
-        from loracam.toy.locator import Locator
+        from loracam.models.builtin import load_locator
 
-        self.part, self.locator = part, Locator.load()
+        self.part, self.locator = part, load_locator("toy")
 
     def __call__(self, image: Image.Image, confidence: float) -> list[Detection]:
         box, score = self.locator.locate(image)[self.part]

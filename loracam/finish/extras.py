@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 from PIL import Image
 
 from loracam.errors import LoracamError
-from loracam.finish.upscale import Notes, TileProgress, Upscaler, target_size
+from loracam.generate.upscale import Notes, TileProgress, Upscaler, target_size
 from loracam.generate.images import png_with_text
 from loracam.generate.infotext import quote
 from loracam.io import atomic_write_bytes, writable_dir

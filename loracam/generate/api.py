@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -61,9 +61,15 @@ def native_size(model: BaseModel) -> tuple[int, int]:
     return w * model.vae_scale_factor, h * model.vae_scale_factor
 
 
+# What a stage above the engine does to each rendered batch before it is kept (loracam.finish.gen: detail passes):
+# (images, their samples, the shared settings, the model, the LoRA library, warnings to add to) -> images
+AfterBatch = Callable[[list[Rendered], Sequence[Sample], Shared, BaseModel, LoraLibrary, list[str]], list[Rendered]]
+
+
 def generate(req: GenRequest, models: ModelCache, library: LoraLibrary | None = None,
-             progress: Progress | None = None) -> GenResult:
-    """Render a request: batch_count batches of batch_size images, seeds seed, seed+1, ..."""
+             progress: Progress | None = None, after: AfterBatch | None = None) -> GenResult:
+    """Render a request: batch_count batches of batch_size images, seeds seed, seed+1, ..., each batch through
+    ``after`` when given."""
     model = load_model(req, models)
     w, h = native_size(model)
     req = replace(req, width=req.width or w, height=req.height or h)
@@ -74,20 +80,15 @@ def generate(req: GenRequest, models: ModelCache, library: LoraLibrary | None = 
     samples = samples_of(req, resolve_seed(req.seed))
     result = GenResult([], model)
     controls = None
-    if shared.control or any(p.control for p in req.detail):
+    if shared.control:
         from loracam.control.models import ControlNets
 
         controls = ControlNets([Path(d) for d in req.controlnet_dirs])
-    detectors = None
     for start in range(0, len(samples), req.batch_size):
         batch = samples[start : start + req.batch_size]
         rendered = render_samples(model, shared, batch, library, init, progress, result.warnings, controls)
-        if req.detail:
-            from loracam.finish.detect import Detectors
-
-            detectors = detectors or Detectors()
-            rendered = [detail_rendered(r, s, shared, req.detail, model, library, detectors, result.warnings,
-                                        controls) for r, s in zip(rendered, batch)]
+        if after is not None:
+            rendered = after(rendered, batch, shared, model, library, result.warnings)
         result.images += rendered
     return result
 
@@ -98,18 +99,6 @@ def shared_of(req: GenRequest) -> Shared:
     return Shared(req.width, req.height, req.steps, sampler, schedule, req.clip_skip,
                   req.strength if req.init_image else None, req.mask_blur, req.hires, tuple(req.controlnet))
 
-
-
-def detail_rendered(r: Rendered, s: Sample, shared: Shared, passes, model: BaseModel, library: LoraLibrary,
-                    detectors, warnings: list[str], controls=None) -> Rendered:
-    """A rendered image after its detail passes, with ADetailer's keys in its infotext."""
-    from loracam.finish.detail import run_passes
-    from loracam.generate.infotext import parse_infotext
-
-    done = run_passes(r.image, s, shared, passes, model, library, detectors, f"the image of seed {s.seed}",
-                      controls)
-    warnings += done.notes
-    return Rendered(done.image, r.seed, with_params(parse_infotext(r.infotext), done.params), r.control_maps)
 
 
 def with_params(info, extra: dict) -> str:
@@ -220,9 +209,6 @@ def request_from_infotext(info: Infotext, base: str | None, ckpt_dirs: Sequence[
             steps=int(p.get("Steps", 20)), cfg=float(p.get("CFG scale", 7)), seed=int(p.get("Seed", -1)),
             width=width, height=height, clip_skip=int(p.get("Clip skip", 1)),
         )
-        from loracam.finish.detail import from_infotext as detail_from_infotext
-
-        fields["detail"] = detail_from_infotext(p)
         if "controlnet" not in overrides:  # given (even empty): the caller's units replace the infotext's
             from loracam.control.store import units_from_infotext
 

@@ -63,7 +63,7 @@ class HiresFix:
 
     def size(self, width: int, height: int, factor: int) -> tuple[int, int]:
         """The second pass's size, floored to the VAE's factor."""
-        from loracam.finish.upscale import target_size
+        from loracam.generate.upscale import target_size
 
         w, h = target_size((width, height), self.scale, self.resize)
         w, h = w // factor * factor, h // factor * factor
@@ -83,7 +83,7 @@ class HiresFix:
 
 def upscaler_name(ref: str) -> str:
     """How infotext names an upscaler: a model file by its stem (A1111's names), found again by --upscaler-dir."""
-    from loracam.finish.models import MODEL_SUFFIXES
+    from loracam.models.upscalers import MODEL_SUFFIXES
 
     return Path(ref).stem if Path(ref).suffix.lower() in MODEL_SUFFIXES else ref
 
@@ -131,7 +131,7 @@ def _latent_mode(name: str) -> tuple[str, bool] | None:
 
 
 def _upscaler(hires: HiresFix, device: torch.device):
-    from loracam.finish.upscale import load_upscaler
+    from loracam.generate.upscale import load_upscaler
 
     name = A1111_UPSCALERS.get(hires.upscaler, hires.upscaler)
     try:

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field, replace
 
 from loracam.control.units import ControlUnit
 from loracam.errors import LoracamError
-from loracam.finish.detail import DetailPass
 from loracam.generate.hires import DEFAULT_DENOISING, HiresFix
 from loracam.generate.samplers import parse_sampler
 from loracam.prompts import LoraRef, extract_networks
@@ -42,7 +41,6 @@ class GenRequest:
     hires_upscaler: str = "Latent"
     hires_steps: int = 0
     upscaler_dirs: tuple[str, ...] = ()  # where upscaler models are found by name
-    detail: tuple[DetailPass, ...] = ()  # ADetailer-style passes on every finished image, in order
     controlnet: tuple[ControlUnit, ...] = ()  # ControlNet units steering every pass (several add up)
     controlnet_dirs: tuple[str, ...] = ()  # where ControlNet models are found by type, name or hash
     device: str = "auto"

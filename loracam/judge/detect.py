@@ -107,9 +107,9 @@ class ToyDetector:
 
     def __init__(self, locator=None) -> None:
         if locator is None:
-            from loracam.toy.locator import Locator
+            from loracam.models.builtin import load_locator
 
-            locator = Locator.load()
+            locator = load_locator("toy")
         self.locator = locator
 
     def detect(self, images: Sequence[Image.Image]) -> list[FoundFaces]:

@@ -213,7 +213,7 @@ def _weight_sum(p: Path) -> float:
 
 def finish_step(run) -> dict:
     from loracam.finish.extras import upscale_files
-    from loracam.finish.upscale import load_upscaler
+    from loracam.generate.upscale import load_upscaler
     from loracam.models import pick_device
 
     chosen = json.loads((run.folder / "weights" / "chosen.json").read_text())

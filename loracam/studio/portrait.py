@@ -198,7 +198,7 @@ def style_request(run, style, seed: int, n: int, prompt: str | None = None):
     return GenRequest(
         prompt=prompt, negative=style.negative, base=cfg.base, sampler=style.sampler, schedule=style.schedule,
         steps=style.steps, cfg=style.cfg, width=w, height=h, seed=seed, batch_size=n, clip_skip=style.clip_skip,
-        lora_dirs=(str(run.folder / "lora"), *cfg.lora_dirs), detail=style.detail.to_passes() if style.detail else (),
+        lora_dirs=(str(run.folder / "lora"), *cfg.lora_dirs),
         controlnet=(style.control.unit(),) if style.control else (), controlnet_dirs=cfg.controlnet_dirs,
         upscaler_dirs=cfg.upscaler_dirs, device=cfg.device)
 
@@ -220,12 +220,12 @@ def lora_weight(run) -> float:
 
 
 def _render(run, style, seed: int, n: int):
-    from loracam.generate import generate
+    from loracam.finish.gen import generate
     from loracam.lora import LoraLibrary
 
     req = style_request(run, style, seed, n)
     library = LoraLibrary([Path(d) for d in req.lora_dirs], run.models.hash_cache)
-    result = generate(req, run.models, library)
+    result = generate(req, run.models, library, detail=style.detail.to_passes() if style.detail else ())
     for w in dict.fromkeys(result.warnings):
         run.note("render", w)
     return result
@@ -297,7 +297,7 @@ def upscale_step(run) -> dict:
     import shutil
 
     from loracam.finish.extras import upscale_files
-    from loracam.finish.upscale import load_upscaler
+    from loracam.generate.upscale import load_upscaler
     from loracam.models import pick_device
 
     done = {}

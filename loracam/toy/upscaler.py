@@ -22,14 +22,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-TOY_UPSCALER = Path(__file__).resolve().parent / "upscaler_x4.pth"
+from loracam.models.builtin import UPSCALERS
+
+TOY_UPSCALER = UPSCALERS["toy-4x"]
 SCALE = 4
 LOW, HIGH = (64, 96), (256, 384)
 
 
 def build_network(num_feat: int = 48, num_conv: int = 8) -> torch.nn.Module:
     """SRVGGNetCompact from spandrel's own architecture code (PReLU, pixel shuffle, nearest residual)."""
-    from loracam.finish.models import import_spandrel
+    from loracam.models.upscalers import import_spandrel
 
     import_spandrel()
     from spandrel.architectures.Compact import Compact

@@ -191,9 +191,9 @@ RESAMPLERS = {"lanczos": ("Lanczos", Image.LANCZOS), "nearest": ("Nearest", Imag
 
 def builtin_models() -> dict[str, Path]:
     """Upscaler files shipped with loracam, by the name ``--model`` takes."""
-    from loracam.toy.upscaler import TOY_UPSCALER
+    from loracam.models.builtin import UPSCALERS
 
-    return {"toy-4x": TOY_UPSCALER}
+    return dict(UPSCALERS)
 
 
 def upscaler_names() -> list[str]:
@@ -206,7 +206,7 @@ def load_upscaler(ref: str, device: torch.device, tiles: TileOptions = TileOptio
     key = ref.strip().lower()
     if key in RESAMPLERS:
         return Resample(*RESAMPLERS[key])
-    from loracam.finish.models import MODEL_SUFFIXES, load_descriptor
+    from loracam.models.upscalers import MODEL_SUFFIXES, load_descriptor
 
     shipped = builtin_models()
     if key in shipped:
