@@ -119,18 +119,55 @@ def test_sdxl_training_passes_each_images_size_ids_and_pooled_text_to_the_unet(d
     assert all(width == 80 and pooled[-1] == 48 for _, width, pooled, _ in seen)  # 32 + 48 channels; bigG pooled
 
 
-def test_sdxl_stop_and_resume_equals_an_uninterrupted_run(dataset, tmp_path):
-    from test_train import stopping_after
+def test_sdxl_resume_after_kill_9_equals_an_uninterrupted_run(dataset, tmp_path):
+    """Both text encoders trained (te and te2 at their own rates), killed mid-run, resumed: the same file."""
+    from test_train import killed_at_step
 
-    kw = dict(max_steps=4, train_text_encoder=True, te_lr=1e-3)
+    from loracam.train.events import read_events
+
+    kw = dict(max_steps=6, train_text_encoder=True, te_lr=1e-3, te2_lr=5e-4, save_every_steps=1)
     ref = tmp_path / "ref.safetensors"
     train(cfg(dataset, ref, "random:tiny-sdxl", **kw), echo=lambda s: None, progress=False)
-    out, control = tmp_path / "cut.safetensors", Control()
-    with stopping_after(2, control):
-        train(cfg(dataset, out, "random:tiny-sdxl", **kw), echo=lambda s: None, control=control, progress=False)
+    out = tmp_path / "killed.safetensors"
+    events = killed_at_step([str(dataset), "--base", "random:tiny-sdxl", "-o", str(out), "--max-steps", "6",
+                             "--resolution", "64x64", "--rank", "4", "--alpha", "4", "--lr", "2e-2", "--seed", "3",
+                             "--device", "cpu", "--save-every", "1", "--train-text-encoder", "--te-lr", "1e-3",
+                             "--te2-lr", "5e-4"], out, 3)
     train(cfg(dataset, out, "random:tiny-sdxl", resume=True, **kw), echo=lambda s: None, progress=False)
     a, b = load_file(str(ref)), load_file(str(out))
+    assert any(k.startswith("lora_te2_") for k in a) and any(k.startswith("lora_te1_") for k in a)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [e for e in read_events(events) if e["event"] == "start"][-1]["resumed_at"] >= 2
+
+
+def test_sdxl_full_finetune_writes_a_stability_single_file_and_a_diffusers_folder(dataset, tmp_path):
+    """`train --full --train-text-encoder` on SDXL: a single file in Stability's layout (conditioner.embedders.0/1,
+    as A1111 and ComfyUI load SDXL) that loracam reads back as SDXL with the trained U-Net and both trained encoders,
+    the U-Net equal to the diffusers folder's."""
+    from safetensors import safe_open
+
+    from loracam.models import LoadOptions, load_base
+
+    out = tmp_path / "tuned.safetensors"
+    train(cfg(dataset, out, "random:tiny-sdxl", full=True, max_steps=2, lr=1e-3, train_text_encoder=True,
+              te_lr=1e-3), echo=lambda s: None, progress=False)
+    with safe_open(str(out), "pt") as f:
+        keys = set(f.keys())
+    assert any(k.startswith("conditioner.embedders.0.transformer.") for k in keys)
+    assert any(k.startswith("conditioner.embedders.1.model.") for k in keys)
+    assert any(k.startswith("model.diffusion_model.label_emb.") for k in keys)
+    cpu = LoadOptions(torch.device("cpu"), torch.float32)
+    tuned, folder = load_base(str(out), cpu), load_base(str(tmp_path / "tuned"), cpu)
+    base = load_base("random:tiny-sdxl", cpu)
+    assert tuned.family == folder.family == "sdxl"
+    changed = 0
+    for name, w in tuned.unet.state_dict().items():
+        assert torch.equal(w, folder.unet.state_dict()[name]), name
+        changed += not torch.equal(w, base.unet.state_dict()[name])
+    assert changed > 10  # the U-Net was trained, and what was trained is what the file holds
+    for te in ("text_encoder", "text_encoder_2"):  # both encoders trained (sd-scripts' sdxl_train), both saved
+        got, was = getattr(tuned, te).state_dict(), getattr(base, te).state_dict()
+        assert any(not torch.equal(w, was[k]) for k, w in got.items()), te
 
 
 def test_sdxl_presets_and_a_v_prediction_base(dataset, tmp_path):

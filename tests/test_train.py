@@ -117,26 +117,32 @@ def test_stop_and_resume_equals_an_uninterrupted_run(dataset, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_after_kill_9_equals_an_uninterrupted_run(dataset, tmp_path):
-    ref = tmp_path / "ref.safetensors"
-    train(cfg(dataset, ref, max_steps=10), echo=lambda s: None, progress=False)
-    out = tmp_path / "killed.safetensors"
-    args = [sys.executable, "-m", "loracam.train", str(dataset), "--base", "random:tiny", "-o", str(out),
-            "--max-steps", "10", "--resolution", "64x64", "--rank", "4", "--alpha", "2", "--lr", "1e-3",
-            "--seed", "3", "--device", "cpu", "--save-every", "1"]
-    # The killed run starts as a user's would: without the MKL setting this process got from importing loracam,
-    # so an exact resume also shows that `python -m loracam.train` asks MKL for reproducible results itself.
+def killed_at_step(args: list[str], out: Path, step: int) -> Path:
+    """``python -m loracam.train ARGS`` (writing ``out``) killed with SIGKILL once its events log ``step``; its
+    events file. The run starts as a user's would: without the MKL setting this process got from importing
+    loracam, so an exact resume also shows that `python -m loracam.train` asks MKL for reproducible results."""
     env = {**{k: v for k, v in os.environ.items() if k != "MKL_CBWR"}, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    events = out.with_name("killed.events.jsonl")
+    proc = subprocess.Popen([sys.executable, "-m", "loracam.train", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    events = out.with_name(out.stem + ".events.jsonl")
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if events.exists() and any(e.get("step", 0) >= 5 for e in read_events(events)):
+        if events.exists() and any(e.get("step", 0) >= step for e in read_events(events)):
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not out.exists(), "the run finished before it could be killed; the test proves nothing"
+    return events
+
+
+def test_resume_after_kill_9_equals_an_uninterrupted_run(dataset, tmp_path):
+    ref = tmp_path / "ref.safetensors"
+    train(cfg(dataset, ref, max_steps=10), echo=lambda s: None, progress=False)
+    out = tmp_path / "killed.safetensors"
+    events = killed_at_step([str(dataset), "--base", "random:tiny", "-o", str(out), "--max-steps", "10",
+                             "--resolution", "64x64", "--rank", "4", "--alpha", "2", "--lr", "1e-3", "--seed", "3",
+                             "--device", "cpu", "--save-every", "1"], out, 5)
     train(cfg(dataset, out, max_steps=10, resume=True, save_every_steps=1), echo=lambda s: None, progress=False)
     a, b = tensors(ref), tensors(out)
     assert all(torch.equal(a[k], b[k]) for k in a)

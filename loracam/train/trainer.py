@@ -324,8 +324,7 @@ class _Run:
         self.fp = self._fingerprint()
         if cfg.cache_latents:
             self.data.cache_latents(self.model.vae, acc.device, torch.float32)
-        groups = self.net.param_groups(cfg.lr, self.r.te_lr, cfg.te2_lr) if not cfg.full else \
-            self.net.param_groups(cfg.lr, self.r.te_lr)
+        groups = self.net.param_groups(cfg.lr, self.r.te_lr, cfg.te2_lr)
         optimizer = make_optimizer(cfg.optimizer, groups, cfg.weight_decay)
         # accelerate steps a wrapped schedule once per process for each optimizer step, so the schedule
         # is laid out over total x processes steps (as diffusers' training scripts do).
