@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from loracam.control.union import TYPES, type_index
 from loracam.errors import LoracamError
 
 SOFT_BASE = 0.825  # A1111's soft-injection base (10^(-1/12) = 0.8254 is diffusers' guess-mode step)
@@ -48,6 +49,18 @@ class Steer:
     net: torch.nn.Module
     cond: torch.Tensor  # [1, 3, H, W], or one map per sample [samples, 3, H, W]
     weights: torch.Tensor  # [samples]
+    union: int | None = None  # a union ControlNet's control type index (loracam.control.union)
+
+    def run(self, x: torch.Tensor, t, ctx: torch.Tensor, cond: torch.Tensor, extra: dict):
+        """(down, mid) residuals of the net at unit strength on rows ``x``."""
+        if self.union is None:
+            return self.net(x, t, encoder_hidden_states=ctx, controlnet_cond=cond, conditioning_scale=1.0,
+                            return_dict=False, **extra)
+        # diffusers' union pipeline: a one-hot type per row and the type's index; one map, so no inner scaling
+        kinds = torch.zeros(x.shape[0], self.net.config.num_control_type, device=x.device, dtype=x.dtype)
+        kinds[:, self.union] = 1
+        return self.net(x, t, encoder_hidden_states=ctx, controlnet_cond=[cond], control_type=kinds,
+                        control_type_idx=[self.union], conditioning_scale=[1.0], return_dict=False, **extra)
 
 
 class Guidance:
@@ -76,8 +89,7 @@ class Guidance:
                 continue
             cond = s.cond.expand(len(rows), -1, -1, -1) if s.cond.shape[0] == 1 else s.cond[samples[rows]]
             extra = {"added_cond_kwargs": {k: v[rows] for k, v in added.items()}} if added is not None else {}
-            down, mid = s.net(x[rows], t, encoder_hidden_states=ctx[rows], controlnet_cond=cond,
-                              conditioning_scale=1.0, return_dict=False, **extra)
+            down, mid = s.run(x[rows], t, ctx[rows], cond, extra)
             scales = soft_scales(len(down) + 1, s.unit.mode)
             if down_sum is None:
                 down_sum = [torch.zeros((x.shape[0],) + tuple(d.shape[1:]), device=x.device, dtype=d.dtype) for d in down]
@@ -103,6 +115,8 @@ class Control:
         self.nets = [library.load(f, model.device, model.dtype, model.unet.config) for f in self.files]
         for f, net in zip(self.files, self.nets):
             _check_factor(net, model.vae_scale_factor, f.name)
+        self.union = [type_index(u, net.config.num_control_type, f.name) if _is_union(net) else None
+                      for u, f, net in zip(self.units, self.files, self.nets)]
         self._maps: dict = {}  # (size, id of the own image) -> (that image, its maps): the entry keeps the id valid
         self._latest: dict = {}  # size -> the maps last made at it (what the infotext describes)
         self._made: dict = {}  # unit index -> its source preprocessed (photo poses, edges): size-independent
@@ -152,7 +166,7 @@ class Control:
             cond = torch.cat([map_tensor(im, self.model.device, self.model.dtype) for im in ims])
             w = torch.tensor([s.control_weights[i] if s.control_weights else u.weight for s in samples],
                              dtype=torch.float32)
-            steers.append(Steer(u, net, cond, w))
+            steers.append(Steer(u, net, cond, w, self.union[i]))
         return Guidance(steers)
 
     def infotext(self, sample, size: tuple[int, int]) -> dict:
@@ -164,8 +178,13 @@ class Control:
         for i, (u, f, m) in enumerate(zip(self.units, self.files, self._latest[tuple(size)])):
             weighted = u.with_weight(sample.control_weights[i]) if sample.control_weights else u
             module, res, thresholds = (m.module, m.res, m.thresholds) if m else (PREPROCESSORS[u.kind].module, -1, (-1, -1))
-            out[f"ControlNet {i}"] = infotext_value(weighted, module, f.label, res, thresholds)
+            union = TYPES[self.union[i]] if self.union[i] is not None else ""
+            out[f"ControlNet {i}"] = infotext_value(weighted, module, f.label, res, thresholds, union)
         return out
+
+
+def _is_union(net) -> bool:
+    return "num_control_type" in net.config
 
 
 def _check_factor(net, factor: int, name: str) -> None:

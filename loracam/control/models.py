@@ -7,6 +7,9 @@ standard one: the SD1.5 ControlNet config loracam ships (loracam/models/configs/
 ControlNet (told apart by its text width, 2048, and its added embedding) one made from SDXL's shipped U-Net config,
 as diffusers' SDXL ControlNets are; nothing is fetched. A ControlNet of another family than the base is refused
 with both named.
+Union ControlNets (one model, several control types: loracam.control.union) load as diffusers' ControlNetUnionModel,
+from a folder whose config names that class or a single file in diffusers' names (xinsir's); such a file answers for
+every type it knows when no model of the unit's type is in the folders.
 Infotexts name a model ``stem [hash]``, the hash A1111's: the first 8 hex of the sha256 of 64 KiB read at
 offset 1 MiB of the file.
 """
@@ -22,11 +25,12 @@ from typing import Sequence
 
 import torch
 
+from loracam.control.union import is_union_state
 from loracam.errors import LoracamError
+from loracam.models.builtin import CONTROLNETS as BUILTINS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "models" / "configs" / "controlnet_sd15"
-TOY_CONTROLNET = Path(__file__).resolve().parent.parent / "toy" / "controlnet_openpose"
-BUILTINS = {"toy-openpose": TOY_CONTROLNET}  # shipped with loracam: usable without --controlnet-dir
+TOY_CONTROLNET = BUILTINS["toy-openpose"]
 SUFFIXES = (".safetensors", ".pth", ".pt")
 CONFIG_KEY = "loracam_controlnet_config"
 _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -53,6 +57,21 @@ class NetFile:
                     return self.path / w
             raise LoracamError(f"{self.path} has a config.json but no ControlNet weights ({' or '.join(_WEIGHT_FILES)})")
         return self.path
+
+    @property
+    def is_union(self) -> bool:
+        """Whether this is a union ControlNet (its folder's config class, or its file's tensor names)."""
+        try:
+            if self.path.is_dir():
+                return json.loads((self.path / "config.json").read_text()).get("_class_name") == "ControlNetUnionModel"
+            if self.path.suffix.lower() == ".safetensors":
+                from safetensors import safe_open
+
+                with safe_open(str(self.path), framework="pt") as f:
+                    return is_union_state(f.keys())
+        except (OSError, ValueError, Exception):  # an unreadable file is reported when it is loaded, not here
+            return False
+        return False
 
     @property
     def short_hash(self) -> str:
@@ -98,6 +117,9 @@ class ControlNets:
             hits = sd15 if len(sd15) == 1 else hits
         if len(hits) == 1:
             return hits[0]
+        union = [f for f in files if not hits and not f.name.startswith("toy-") and f.is_union]
+        if len(union) == 1:  # a union model answers for every type when none of the unit's own type is there
+            return union[0]
         where = ", ".join(map(str, self.dirs)) or "no --controlnet-dir given"
         if not hits:
             raise LoracamError(f"no {unit.kind} ControlNet found ({where}); put one there (e.g. "
@@ -138,13 +160,14 @@ class ControlNets:
 
 
 def load_controlnet(path: Path, base_family: str = "sd1"):
-    """A ControlNetModel from a diffusers folder or a single file (see the module's docstring), for a base of
-    ``base_family``."""
-    from diffusers import ControlNetModel
+    """A ControlNetModel (or ControlNetUnionModel) from a diffusers folder or a single file (see the module's
+    docstring), for a base of ``base_family``."""
+    from diffusers import ControlNetModel, ControlNetUnionModel
 
     if path.is_dir():
+        cls = ControlNetUnionModel if NetFile(path.name, path).is_union else ControlNetModel
         try:
-            model = ControlNetModel.from_pretrained(str(path), local_files_only=True)
+            model = cls.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError, EnvironmentError) as exc:
             raise LoracamError(f"{path} could not be loaded as a diffusers ControlNet folder ({exc})") from None
         _same_family(config_family(model.config), base_family, path.name)
@@ -152,7 +175,8 @@ def load_controlnet(path: Path, base_family: str = "sd1"):
     state, meta = _read_state(path)
     family = _check_kind(state, path.name)
     _same_family(family, base_family, path.name)
-    config = _config_of(path, meta, family)
+    union = is_union_state(state)
+    config = _config_of(path, meta, family, state["task_embedding"].shape[0] if union else 0)
     if any(k.startswith("control_model.") for k in state):
         from loracam.models.ldm import controlnet_from_ldm
 
@@ -161,7 +185,7 @@ def load_controlnet(path: Path, base_family: str = "sd1"):
         except LoracamError as exc:
             raise LoracamError(f"{path.name}: {exc}") from None
     with torch.device("meta"):
-        model = ControlNetModel.from_config(config)
+        model = (ControlNetUnionModel if union else ControlNetModel).from_config(config)
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
@@ -171,8 +195,9 @@ def load_controlnet(path: Path, base_family: str = "sd1"):
     return model.float()
 
 
-def _config_of(path: Path, meta: dict, family: str = "sd1") -> dict:
-    """The file's own config (loracam's metadata), a ``STEM.json`` diffusers config beside it, or its family's."""
+def _config_of(path: Path, meta: dict, family: str = "sd1", union_types: int = 0) -> dict:
+    """The file's own config (loracam's metadata), a ``STEM.json`` diffusers config beside it, or its family's
+    (a union file's: SDXL's with its number of control types)."""
     try:
         if CONFIG_KEY in meta:
             return json.loads(meta[CONFIG_KEY])
@@ -182,21 +207,31 @@ def _config_of(path: Path, meta: dict, family: str = "sd1") -> dict:
     except ValueError as exc:
         raise LoracamError(f"{path.name}: its ControlNet config is not valid JSON ({exc})") from None
     if family == "sdxl":
-        return sdxl_controlnet_config()
+        return sdxl_controlnet_config(union_types=union_types)
+    if union_types:
+        raise LoracamError(f"{path.name} is a union ControlNet for SD1.x without its config: put its config.json "
+                           "beside it as STEM.json")
     return json.loads((CONFIG_DIR / "config.json").read_text(encoding="utf-8"))
 
 
-def sdxl_controlnet_config(unet_config: dict | None = None) -> dict:
+def sdxl_controlnet_config(unet_config: dict | None = None, union_types: int = 0) -> dict:
     """The ControlNet diffusers makes from an SDXL U-Net (ControlNetModel.from_unet): its encoder half and added
-    embedding, a 3-channel hint encoder; the shipped SDXL base's U-Net by default."""
-    from diffusers import ControlNetModel, UNet2DConditionModel
+    embedding, a 3-channel hint encoder; the shipped SDXL base's U-Net by default. ``union_types``: a union model's
+    (xinsir's: 6, ProMax 8) with diffusers' defaults for its transformer, which are xinsir's."""
+    from diffusers import ControlNetModel, ControlNetUnionModel, UNet2DConditionModel
 
     from loracam.models import sdxl_configs
 
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(unet_config or sdxl_configs()["unet"])
         net = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
-    return {k: v for k, v in dict(net.config).items() if not k.startswith("_")}
+        config = {k: v for k, v in dict(net.config).items() if not k.startswith("_")}
+        if union_types:  # its transformer runs at the first block's width (diffusers' default 320 is SDXL's)
+            base = dict(ControlNetUnionModel.from_unet(unet, load_weights_from_unet=False).config)
+            width = base["block_out_channels"][0]
+            config = {k: v for k, v in base.items() if not k.startswith("_")} | {
+                "num_control_type": union_types, "num_trans_channel": width, "num_proj_channel": width}
+    return config
 
 
 def config_family(config) -> str:

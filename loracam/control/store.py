@@ -61,6 +61,7 @@ def units_from_infotext(params: dict[str, str], image_path: Path | None) -> tupl
                 resize=str(fields.get("Resize Mode", "Crop and Resize")),
                 processor_res=int(fields.get("Processor Res", -1)), threshold_a=float(fields.get("Threshold A", -1)),
                 threshold_b=float(fields.get("Threshold B", -1)), mode=str(fields.get("Control Mode", "Balanced")),
+                union=str(fields.get("Union Control Type", "")).replace("Unknown", ""),
             ))
         except (TypeError, ValueError) as exc:
             raise LoracamError(f"the image's ControlNet {n} entry has a malformed value ({exc})") from None

@@ -2,7 +2,8 @@
 
 ``--controlnet TYPE:SOURCE[:WEIGHT[:START:END]][:key=value ...]``, e.g. ``openpose:me.jpg``,
 ``openpose:standing:0.8``, ``canny:photo.png:1:0:0.6:low=50:high=150``, ``tile::0.6`` (the image itself),
-``image:map.png:1:model=control_v11p_sd15_openpose``. Keys: model, resize, res, low, high, mode.
+``image:map.png:1:model=control_v11p_sd15_openpose``. Keys: model, resize, res, low, high, mode, union (a union
+ControlNet's control type, loracam.control.union).
 
 Infotext (one key per enabled unit, N from 0; A1111 JSON-quotes the value):
 ``ControlNet 0: "Module: canny, Model: control_v11p_sd15_canny [d14c016b], Weight: 1, Resize Mode: Crop and Resize,
@@ -20,11 +21,12 @@ from loracam.errors import LoracamError
 
 CONTROLNET_HELP = ("A ControlNet, repeatable: TYPE:SOURCE[:WEIGHT[:START:END]] with TYPE openpose (a photo, a pose "
                    "JSON or a template: loracam pose --list), canny, tile (tile:: is the image itself) or image "
-                   "(a ready map); keys model=, resize=, res=, low=, high=, mode= may follow.")
+                   "(a ready map); keys model=, resize=, res=, low=, high=, mode=, union= (a union model's type) may follow.")
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
 # the spec's key=value fields: the unit's field each sets, and how its text is read
 _SPEC_KEYS = {"model": ("model", str), "resize": ("resize", str), "res": ("processor_res", int),
-              "low": ("threshold_a", float), "high": ("threshold_b", float), "mode": ("mode", str)}
+              "low": ("threshold_a", float), "high": ("threshold_b", float), "mode": ("mode", str),
+              "union": ("union", str)}
 
 
 def check_control_mode(mode: str) -> str:
@@ -50,11 +52,14 @@ class ControlUnit:
     threshold_b: float = -1  # canny's high threshold (-1: 200)
     mode: str = "Balanced"
     premade: bool = False  # the source is the finished map (gen --from): no preprocessing, same module name
+    union: str = ""  # a union ControlNet's control type (sd-webui-controlnet's name); "": from the kind
 
     def __post_init__(self):
         from loracam.control.preprocess import check_kind
+        from loracam.control.union import check_type
 
         object.__setattr__(self, "kind", check_kind(self.kind))
+        object.__setattr__(self, "union", check_type(self.union))
         object.__setattr__(self, "resize", check_mode(self.resize))
         object.__setattr__(self, "mode", check_control_mode(self.mode))
         if not math.isfinite(self.weight) or self.weight < 0:
@@ -117,14 +122,18 @@ def _num(v: float) -> str:
     return f"{v:g}"
 
 
-def infotext_value(unit: ControlUnit, module: str, model_label: str, res: int, thresholds: tuple) -> str:
-    """sd-webui-controlnet's value for one unit (the caller quotes it as A1111 does)."""
+def infotext_value(unit: ControlUnit, module: str, model_label: str, res: int, thresholds: tuple,
+                   union: str = "") -> str:
+    """sd-webui-controlnet's value for one unit (the caller quotes it as A1111 does); ``union``: the control type a
+    union model ran with."""
     fields = {
         "Module": module, "Model": model_label, "Weight": _num(unit.weight), "Resize Mode": unit.resize,
         "Processor Res": res, "Threshold A": _num(thresholds[0]), "Threshold B": _num(thresholds[1]),
         "Guidance Start": _num(unit.start), "Guidance End": _num(unit.end), "Pixel Perfect": False,
         "Control Mode": unit.mode,
     }
+    if union:
+        fields["Union Control Type"] = union
     return ", ".join(f"{k}: {v}" for k, v in fields.items())
 
 

@@ -12,6 +12,9 @@ TOY = Path(__file__).resolve().parents[1] / "toy"
 # upscaler name (as --model and --hires-upscaler take it) -> the shipped file; spandrel reads it like any ESRGAN file
 UPSCALERS: dict[str, Path] = {"toy-4x": TOY / "upscaler_x4.pth"}
 
+# ControlNet name -> its diffusers folder: usable without --controlnet-dir
+CONTROLNETS: dict[str, Path] = {"toy-openpose": TOY / "controlnet_openpose"}
+
 # locator name -> "module:class" with a ``load()`` and ``locate(image) -> {part: (box, score)}``, imported on first use
 LOCATORS: dict[str, str] = {"toy": "loracam.toy.locator:Locator"}
 
