@@ -224,3 +224,21 @@ def test_a_job_cancelled_after_the_look_stays_cancelled_and_runs_nothing(tmp_pat
     store.enqueue("g")
     run_job(store, "g", echo=lambda s: None, models=ModelCache())
     assert store.job("g").status == "done"
+
+
+def test_a_generate_job_on_an_sdxl_base_is_the_command_s_image(tmp_path):
+    """What a worker runs for the web UI's generate page on an SDXL base (its size, both encoders, size ids): the
+    image `gen` makes, bit for bit (same process, same ops)."""
+    from loracam.generate import GenRequest, generate
+    from loracam.models import ModelCache
+
+    req = GenRequest(prompt="1girl, red dress", negative="ugly", base="random:tiny-sdxl", seed=5, steps=4,
+                     width=64, height=64)
+    models = ModelCache()
+    direct = generate(req, models).images[0]
+    store = JobStore(tmp_path / "studio")
+    create_job(store, TaskConfig(name="xl", kind="generate", args=to_dict(req)))
+    folder = run_job(store, "xl", echo=lambda s: None, models=models)
+    [png] = sorted((folder / "images").glob("*.png"))
+    np.testing.assert_array_equal(np.asarray(Image.open(png)), np.asarray(direct.image))
+    assert 'Model: "random:tiny-sdxl"' in Image.open(png).text["parameters"]  # A1111 quotes a value with a colon

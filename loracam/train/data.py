@@ -196,6 +196,14 @@ class TrainData:
             return False
         return random.Random(f"{self.seed}-{epoch}-{batch_index}-{position}-flip").random() < 0.5
 
+    def fixed_captions(self) -> list[str] | None:
+        """Every caption a batch can carry, in sample order (with "" when captions are dropped), or None when
+        shuffled captions make them new each epoch."""
+        if self.cfg.shuffle_caption:
+            return None
+        found = [s.caption for s in self.samples] + ([""] if self.cfg.caption_dropout else [])
+        return list(dict.fromkeys(found))
+
     def _captions(self, samples: list[Sample], epoch: int, batch_index: int) -> list[str]:
         captions = [s.caption for s in samples]
         if self.cfg.shuffle_caption:

@@ -324,6 +324,7 @@ class _Run:
         self.fp = self._fingerprint()
         if cfg.cache_latents:
             self.data.cache_latents(self.model.vae, acc.device, torch.float32)
+        self._cache_text()
         groups = self.net.param_groups(cfg.lr, self.r.te_lr, cfg.te2_lr)
         optimizer = make_optimizer(cfg.optimizer, groups, cfg.weight_decay)
         # accelerate steps a wrapped schedule once per process for each optimizer step, so the schedule
@@ -424,6 +425,19 @@ class _Run:
                                   self.v_pred, added)
             acc.backward(loss / cfg.grad_accum)
         return float(loss.detach())
+
+    def _cache_text(self) -> None:
+        """With frozen text encoders, every caption the run can meet encoded before the first step, as sd-scripts'
+        --cache_text_encoder_outputs does (each one alone, so its embedding does not depend on the batch size); the
+        steps then run the U-Net only. Shuffled captions change every epoch: those are encoded as they come."""
+        captions = self.data.fixed_captions()
+        if self.r.train_text_encoder or captions is None:
+            return
+        t0 = time.time()
+        self.tes = list(self.model.text_encoders)  # frozen: the very modules the steps use
+        for c in captions:
+            self._text([c])
+        self.echo(f"text encoders: {len(captions)} caption(s) encoded once, before training ({time.time() - t0:.1f} s)")
 
     def _text(self, captions: list[str]):
         """The batch's Conditioning; with frozen text encoders (every one: sd-scripts caches SDXL's outputs only
