@@ -65,7 +65,7 @@ def _describe_safetensors(path: Path, hash_cache: HashCache) -> dict:
 
 def _describe_controlnet(path: Path, keys: dict) -> dict:
     """A ControlNet file: its naming, text width (768: SD1.x), hint stages, and the name and hash infotexts use."""
-    from loracam.control.models import CONFIG_KEY, FAMILIES, NetFile, text_width
+    from loracam.control.models import CONFIG_KEY, NetFile, family_of_keys, text_width
 
     ldm = any(k.startswith("control_model.") for k in keys)
     width = text_width(keys, ldm)
@@ -75,13 +75,20 @@ def _describe_controlnet(path: Path, keys: dict) -> dict:
 
     with safe_open(str(path), framework="pt") as f:
         own_config = CONFIG_KEY in (f.metadata() or {})
+    from loracam.control.union import TYPES, is_union_state
+
     net = NetFile(path.stem, path)
+    family = family_of_keys(keys, width) or f"unknown (text width {width})"
+    default = "SDXL's, made from the shipped SDXL U-Net" if family == "sdxl" else "SD1.5's, shipped with loracam"
+    union = {"union_types": ", ".join(TYPES[:keys["task_embedding"][0]])} if is_union_state(keys) else {}
     return {
         "kind": "controlnet",
         "names": "LDM (control_model.*)" if ldm else "diffusers",
-        "family": FAMILIES[width][0] if width in FAMILIES else f"unknown (text width {width})",
+        "family": family,
+        **union,
         "hint_convs": hint,
-        "config": "in the file (loracam)" if own_config else "SD1.5's, shipped with loracam",
+        "config": "in the file (loracam)" if own_config else
+                  f"{path.with_suffix('.json').name}, beside it" if path.with_suffix(".json").exists() else default,
         "tensors": len(keys),
         "infotext_model": net.label,
     }

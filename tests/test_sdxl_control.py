@@ -170,3 +170,13 @@ def test_a_full_size_union_file_gets_sdxls_config():
     shapes = lambda sd: {k: tuple(v.shape) for k, v in sd.items()}  # noqa: E731
     assert shapes(got) == {**shapes(want), "task_embedding": (8, 320),
                            "control_add_embedding.linear_1.weight": (1280, 8 * 256)}
+
+
+def test_info_describes_a_union_file(unions):
+    from loracam.info import describe
+    from loracam.models import HashCache
+
+    report = describe(unions["root"] / "files" / "controlnet-union-sdxl-1.0.safetensors", HashCache(None))
+    assert report["kind"] == "controlnet" and report["family"] == "sdxl"
+    assert report["union_types"] == "OpenPose, Depth, Soft Edge, Hard Edge, Normal Map, Segmentation"
+    assert report["config"] == "controlnet-union-sdxl-1.0.json, beside it"

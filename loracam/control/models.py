@@ -296,10 +296,19 @@ FAMILIES = {768: ("sd1", "SD1.x"), 1024: ("sd2", "SD2.x"), 2048: ("sdxl", "SDXL"
 
 
 def text_width(shapes, ldm: bool) -> int | None:
-    """The cross-attention input width of a ControlNet's first attention, from its tensors' shapes."""
-    probe = ("control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight" if ldm
-             else "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight")
-    return shapes[probe][1] if probe in shapes else None
+    """The cross-attention input width of a ControlNet's first cross-attention, from its tensors' shapes (SDXL's
+    first block has none: the first one there is)."""
+    prefix = "control_model." if ldm else ""
+    probe = next((k for k in shapes if k.startswith(prefix) and k.endswith("attn2.to_k.weight")), None)
+    return shapes[probe][1] if probe is not None else None
+
+
+def family_of_keys(keys, width: int | None) -> str | None:
+    """"sdxl" for a ControlNet with SDXL's added embedding (pooled text and size ids) or its text width, else the
+    family of its text width (None when unknown)."""
+    if any("label_emb" in k or "add_embedding" in k for k in keys) or width == 2048:
+        return "sdxl"
+    return FAMILIES[width][0] if width in FAMILIES else None
 
 
 def _check_kind(state: dict, name: str) -> str:
@@ -314,7 +323,7 @@ def _check_kind(state: dict, name: str) -> str:
         raise LoracamError(f"{name} is not a ControlNet (no control_model.* or controlnet_cond_embedding "
                            "weights); T2I-Adapters and control-LoRAs are not supported")
     width = text_width({k: v.shape for k, v in state.items()}, ldm)
-    if any("label_emb" in k or "add_embedding" in k for k in keys) or width == 2048:
+    if family_of_keys(keys, width) == "sdxl":
         return "sdxl"
     if width == 1024:
         raise LoracamError(f"{name} is an SD2.x ControlNet; loracam runs SD1.x and SDXL bases: use a ControlNet "
