@@ -69,7 +69,7 @@ class NetFile:
 
                 with safe_open(str(self.path), framework="pt") as f:
                     return is_union_state(f.keys())
-        except (OSError, ValueError, Exception):  # an unreadable file is reported when it is loaded, not here
+        except Exception:  # an unreadable file (any error safetensors or json raise) is reported when it is loaded
             return False
         return False
 

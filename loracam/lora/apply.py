@@ -71,17 +71,17 @@ class _Patch:
                 self._cache[key] = (down.to(device, dtype), up.to(device, dtype))
         return self._cache[key]
 
-    def dora_gains(self, device: torch.device, dtype: torch.dtype) -> list[tuple[int, LoraModule, torch.Tensor,
-                                                                               bool]]:
-        """(LoRA index, module, gain, per output?) for each DoRA module: W_dora = (W + delta) x gain, the gain
-        magnitude / ||W + delta|| per output row or input column ([out] or [in]); cached per device/dtype."""
+    def dora_gains(self, device: torch.device, dtype: torch.dtype) -> list[tuple]:
+        """(LoRA index, module, gain, per output?, down, up) for each DoRA module: W_dora = (W + delta) x gain, the
+        gain magnitude / ||W + delta|| per output row or input column ([out] or [in]); with the module's down and up,
+        all on ``device`` in ``dtype`` and cached, so a forward converts nothing."""
         key = ("dora", device, dtype)
         if key not in self._cache:
             with _normal_tensors():
                 out = []
                 for i, m in self.doras:
                     gain, on_out = m.dora_gain(self.base)
-                    out.append((i, m, gain.to(device, dtype), on_out))
+                    out.append((i, m, gain.to(device, dtype), on_out, m.down.to(device, dtype), m.up.to(device, dtype)))
                 self._cache[key] = out
         return self._cache[key]
 
@@ -266,8 +266,7 @@ def _dora_rows(p: _Patch, module: nn.Module, x: torch.Tensor, out: torch.Tensor,
         shape[channel] = -1
         return v.view(shape)
 
-    def low_rank(m: LoraModule, h: torch.Tensor) -> torch.Tensor:
-        down, up = m.down.to(h.device, h.dtype), m.up.to(h.device, h.dtype)
+    def low_rank(m: LoraModule, down: torch.Tensor, up: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         if conv:
             return F.conv2d(F.conv2d(h, down, None, module.stride, module.padding, module.dilation), up) * m.scale
         return F.linear(F.linear(h, down), up) * m.scale
@@ -280,11 +279,11 @@ def _dora_rows(p: _Patch, module: nn.Module, x: torch.Tensor, out: torch.Tensor,
 
     plain = out if module.bias is None else out - along(module.bias.to(out.dtype), out)  # W x
     total = torch.zeros_like(out)
-    for i, m, gain, on_out in p.dora_gains(x.device, x.dtype):
+    for i, m, gain, on_out, down, up in p.dora_gains(x.device, x.dtype):
         if on_out:
-            change = along(gain - 1, out) * plain + along(gain, out) * low_rank(m, x)
+            change = along(gain - 1, out) * plain + along(gain, out) * low_rank(m, down, up, x)
         else:
-            change = base(x * along(gain - 1, x)) + low_rank(m, x * along(gain, x))
+            change = base(x * along(gain - 1, x)) + low_rank(m, down, up, x * along(gain, x))
         total = total + rows[:, i].to(out.device, out.dtype).view(-1, *[1] * (out.ndim - 1)) * change
     return total
 
