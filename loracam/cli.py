@@ -42,7 +42,13 @@ def gen(
     sampler: Optional[str] = typer.Option(None, "--sampler", help='A1111 sampler name, e.g. "DPM++ 2M Karras".'),
     schedule: Optional[str] = typer.Option(None, "--schedule", help="Schedule type: Automatic, Karras, Exponential..."),
     steps: Optional[int] = typer.Option(None, "--steps"),
-    cfg: Optional[float] = typer.Option(None, "--cfg", help="CFG scale."),
+    cfg: Optional[float] = typer.Option(None, "--cfg", help="CFG scale (A1111's: 1 is none; Z-Image Turbo 1, Base 5)."),
+    shift: Optional[float] = typer.Option(None, "--shift", help="Flow models: the sigma shift (Z-Image Turbo: 3)."),
+    cfg_normalization: Optional[float] = typer.Option(None, "--cfg-normalization",
+                                                      help="Z-Image: cap the guided norm at N x the prompt's (0: off)."),
+    cfg_truncation: Optional[float] = typer.Option(None, "--cfg-truncation",
+                                                   help="Z-Image: no CFG once t = 1 - sigma passes this (1: never)."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Z-Image: turbo or base, when the name does not say."),
     size: Optional[str] = typer.Option(None, "--size", help="WIDTHxHEIGHT, multiples of 8."),
     clip_skip: Optional[int] = typer.Option(None, "--clip-skip"),
     init_image: Optional[Path] = typer.Option(None, "--init-image", help="img2img / inpainting source image."),
@@ -91,6 +97,7 @@ def gen(
     flags = dict(
         prompt=prompt, negative=negative, base=base, batch_count=batch_count, batch_size=batch_size,
         seed=seed, sampler=sampler, schedule=schedule, steps=steps, cfg=cfg, width=width, height=height,
+        shift=shift, cfg_normalization=cfg_normalization, cfg_truncation=cfg_truncation, variant=variant,
         clip_skip=clip_skip, init_image=str(init_image) if init_image else None,
         mask=str(mask) if mask else None, denoising=denoising, mask_blur=mask_blur, device=device,
         precision=precision, allow_pickle=allow_pickle or None, vae=str(vae) if vae else None,
@@ -112,8 +119,11 @@ def gen(
         warnings += check_lora_hashes(info, library)
     else:
         table = read_toml(config) if config else {}
-        req, passes = gen_config(table, str(config), passes)
-        req = from_dict(GenRequest, {**asdict(req), **flags}, where="gen options")
+        req, passes = gen_config(table, str(config), passes)  # checks the file's keys and passes
+        # the file's own keys, not the request it made: a default the file left out (steps, CFG, sampler) is the
+        # family's of the --base the flags may name
+        req = from_dict(GenRequest, {**{k: v for k, v in table.items() if k != "detail"}, **flags},
+                        where="gen options")
         if not req.prompt:
             raise LoracamError("give a prompt (or --from IMAGE.png, or a --config with prompt = ...)")
         library = LoraLibrary([Path(d) for d in req.lora_dirs], models.hash_cache)

@@ -171,7 +171,7 @@ def test_gen_on_an_sdxl_folder_renders_and_on_a_flux_file_says_so_and_writes_not
                            str(tmp_path / "flux1-dev.safetensors"), "--steps", "2", "-o", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
-    assert "is a FLUX.1 model" in proc.stderr and "SD1.x and SDXL" in proc.stderr, proc.stderr
+    assert "is a FLUX.1 model" in proc.stderr and "SD1.x, SDXL and Z-Image" in proc.stderr, proc.stderr
     assert not out.exists() or not any(out.iterdir())
 
 

@@ -51,11 +51,15 @@ def save_rendered(r: Rendered, outdir: Path) -> Path:
 def load_model(req: GenRequest, models: ModelCache) -> BaseModel:
     device = pick_device(req.device)
     return models.get(req.base, device, pick_dtype(req.precision, device), allow_pickle=req.allow_pickle,
-                      prediction=req.prediction, vae=req.vae)
+                      prediction=req.prediction, vae=req.vae, variant=req.variant)
 
 
 def native_size(model: BaseModel) -> tuple[int, int]:
-    """(width, height) the model was trained at; a U-Net's sample_size is a side or (height, width)."""
+    """(width, height) the model was trained at; a U-Net's sample_size is a side or (height, width); a
+    transformer family's is its VAE's sample_size (1024 for Z-Image's, 64 for the tiny one's), else the family's."""
+    if model.spec.denoiser == "transformer":
+        side = model.vae.config.get("sample_size")
+        return (side, side) if isinstance(side, int) else model.spec.default_size
     size = model.unet.config.sample_size
     h, w = (size, size) if isinstance(size, int) else size
     return w * model.vae_scale_factor, h * model.vae_scale_factor
@@ -97,7 +101,8 @@ def shared_of(req: GenRequest) -> Shared:
     """What every image of a (sized) request shares in a batch."""
     sampler, schedule = parse_sampler(req.sampler, req.schedule)
     return Shared(req.width, req.height, req.steps, sampler, schedule, req.clip_skip,
-                  req.strength if req.init_image else None, req.mask_blur, req.hires, tuple(req.controlnet))
+                  req.strength if req.init_image else None, req.mask_blur, req.hires, tuple(req.controlnet),
+                  req.shift, req.cfg_normalization, req.cfg_truncation)
 
 
 
@@ -154,12 +159,19 @@ def render_samples(model: BaseModel, shared: Shared, samples: Sequence[Sample], 
 
 
 def infotext_params(model: BaseModel, shared: Shared, s: Sample, lora_hashes: dict[str, str]) -> dict:
-    """A1111's parameter line, in A1111's key order."""
+    """A1111's parameter line, in A1111's key order; a flow model's shift as Forge writes it ("Shift")."""
+    flow = model.spec.sampling == "flow"
+    if flow:
+        from loracam.generate.flow import model_shift
+        from loracam.generate.samplers import FLOW_SAMPLERS
     return {
         "Steps": shared.steps,
         "Sampler": shared.sampler,
-        "Schedule type": resolved_schedule(shared.sampler, shared.schedule),
+        "Schedule type": resolved_schedule(shared.sampler, shared.schedule, FLOW_SAMPLERS if flow else None),
         "CFG scale": f"{s.cfg:g}",
+        "Shift": f"{model_shift(model, shared):g}" if flow and model_shift(model, shared) is not None else None,
+        "CFG normalization": f"{shared.cfg_normalization:g}" if shared.cfg_normalization else None,
+        "CFG truncation": f"{shared.cfg_truncation:g}" if shared.cfg_truncation != 1.0 else None,
         "Seed": s.seed,
         "Size": f"{shared.width}x{shared.height}",
         "Model hash": model.short_hash,
@@ -193,7 +205,8 @@ def _check_inpainting(model: BaseModel, init: InitImages | None) -> None:
 # ---------------------------------------------------------------------------------------------
 # re-rendering from an infotext
 
-BUILTIN_BASES = ("toy", "random:tiny", "random:sd15", "random:tiny-sdxl", "random:sdxl")
+BUILTIN_BASES = ("toy", "random:tiny", "random:sd15", "random:tiny-sdxl", "random:sdxl", "random:tiny-zimage",
+                 "random:zimage")
 
 
 def request_from_infotext(info: Infotext, base: str | None, ckpt_dirs: Sequence[Path],
@@ -208,7 +221,10 @@ def request_from_infotext(info: Infotext, base: str | None, ckpt_dirs: Sequence[
             prompt=info.prompt, negative=info.negative, sampler=sampler, schedule=schedule,
             steps=int(p.get("Steps", 20)), cfg=float(p.get("CFG scale", 7)), seed=int(p.get("Seed", -1)),
             width=width, height=height, clip_skip=int(p.get("Clip skip", 1)),
+            cfg_normalization=float(p.get("CFG normalization", 0)), cfg_truncation=float(p.get("CFG truncation", 1)),
         )
+        if "Shift" in p:  # the shift it ran at, so a re-render on another scheduler config stays the same
+            fields["shift"] = float(p["Shift"])
         if "controlnet" not in overrides:  # given (even empty): the caller's units replace the infotext's
             from loracam.control.store import units_from_infotext
 

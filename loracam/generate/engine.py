@@ -117,7 +117,25 @@ def render_latents(model: BaseModel, shared: Shared, samples: Sequence[Sample], 
             te_keys, (lambda rows: set_rows("te", rows)) if set_rows else None,
             zero_empty_negative=model.spec.zero_empty_negative,
         )
+        if model.spec.sampling == "flow":
+            return _sample_flow(model, shared, samples, plan, set_rows, init, progress, guide)
         return _sample(model, shared, samples, plan, set_rows, init, progress, guide)
+
+
+def _sample_flow(model, shared, samples, plan, set_rows, init, progress, guide) -> torch.Tensor:
+    from loracam.errors import LoracamError
+    from loracam.generate.flow import sample_flow
+
+    if guide is not None:
+        raise LoracamError(f"ControlNet on {model.spec.short} is not supported yet; render without --controlnet")
+    gens = _generators(samples)
+    noise = _noise(model, shared, gens, dtype=torch.float32)
+    init_latents = None
+    if init is not None:
+        init_latents = init.latents if init.latents is not None else encode_image(model, init.image).expand(
+            len(samples), -1, -1, -1)
+        init_latents = init_latents.to(model.device)
+    return sample_flow(model, shared, samples, plan, set_rows, init, progress, noise, gens, init_latents)
 
 
 def _generators(samples: Sequence[Sample]) -> list[torch.Generator]:
@@ -126,11 +144,11 @@ def _generators(samples: Sequence[Sample]) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(s.seed) for s in samples]
 
 
-def _noise(model: BaseModel, shared: Shared, gens: list[torch.Generator]) -> torch.Tensor:
+def _noise(model: BaseModel, shared: Shared, gens: list[torch.Generator], dtype=None) -> torch.Tensor:
     f = model.vae_scale_factor
-    shape = (1, model.unet.config.out_channels, shared.height // f, shared.width // f)
+    shape = (1, model.vae.config.latent_channels, shared.height // f, shared.width // f)
     noise = [torch.randn(shape, generator=g, dtype=torch.float32) for g in gens]
-    return torch.cat(noise).to(model.device, model.dtype)
+    return torch.cat(noise).to(model.device, dtype or model.dtype)
 
 
 def _sample(model, shared, samples, plan: CondPlan, set_rows, init, progress, guide=None) -> torch.Tensor:
@@ -261,12 +279,16 @@ def encode_image(model: BaseModel, image: Image.Image) -> torch.Tensor:
     arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
     x = torch.from_numpy(arr).permute(2, 0, 1)[None].to(model.device, model.vae.dtype)
     dist = model.vae.encode(x).latent_dist
-    return (dist.mean * model.vae.config.scaling_factor).to(model.dtype)
+    shift = model.vae.config.get("shift_factor") or 0.0  # FLUX.1's VAE (Z-Image) centres its latents
+    return ((dist.mean - shift) * model.vae.config.scaling_factor).to(model.dtype)
 
 
 def decode(model: BaseModel, latents: torch.Tensor) -> torch.Tensor:
     """Pixels in [0, 1]; a half-precision decode that overflows is redone in fp32, as A1111 does."""
     z = latents / model.vae.config.scaling_factor
+    shift = model.vae.config.get("shift_factor")
+    if shift:
+        z = z + shift
     vae_dtype = model.vae.dtype  # a trainer's previews keep an fp32 VAE beside a half-precision U-Net
     x = model.vae.decode(z.to(vae_dtype), return_dict=False)[0]
     if vae_dtype != torch.float32 and not torch.isfinite(x).all():

@@ -20,10 +20,10 @@ class GenRequest:
     prompt: str = ""
     negative: str = ""
     base: str | None = None  # None: the built-in toy model
-    sampler: str = "DPM++ 2M"
+    sampler: str | None = None  # None: the base's family default (DPM++ 2M; Euler on a flow model)
     schedule: str = "Automatic"
-    steps: int = 20
-    cfg: float = 7.0
+    steps: int | None = None  # None: the family's (20; Z-Image Turbo 9, Base 30)
+    cfg: float | None = None  # None: the family's (7; Z-Image Turbo 1, Base 5)
     width: int | None = None  # None: the base model's native size
     height: int | None = None
     seed: int = -1  # -1: random; image i of the run gets seed + i, as in A1111
@@ -48,8 +48,22 @@ class GenRequest:
     allow_pickle: bool = False
     prediction: str | None = None  # a base's prediction type when its file does not say (v_prediction+ztsnr)
     vae: str | None = None  # a separate VAE file or folder (A1111's SD VAE)
+    variant: str | None = None  # Z-Image: turbo | base, when the file's name does not say
+    # flow-matching families (Z-Image): the sigma shift (None: the model's scheduler config, 3 on Turbo) and
+    # ZImagePipeline's CFG options: cap |guided| at cfg_normalization x |cond| (0: off); no CFG once the step's
+    # t = 1 - sigma exceeds cfg_truncation (1: never)
+    shift: float | None = None
+    cfg_normalization: float = 0.0
+    cfg_truncation: float = 1.0
 
     def __post_init__(self):
+        if None in (self.sampler, self.steps, self.cfg):
+            from loracam.models.loader import ref_defaults
+
+            sampler, steps, cfg = ref_defaults(self.base, self.variant, self.allow_pickle)
+            for name, value in (("sampler", sampler), ("steps", steps), ("cfg", cfg)):
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, value)
         if self.steps < 1:
             raise LoracamError(f"steps must be at least 1 (got {self.steps})")
         if not math.isfinite(self.cfg):
@@ -72,6 +86,10 @@ class GenRequest:
         if self.seed < -1 or self.seed >= 2**32:
             raise LoracamError(f"seed must be -1 (random) or between 0 and {2**32 - 1} (got {self.seed})")
         parse_sampler(self.sampler, self.schedule)  # fails early with the list of valid names
+        if self.shift is not None and not (math.isfinite(self.shift) and self.shift > 0):
+            raise LoracamError(f"shift must be a positive number (got {self.shift}); Z-Image Turbo uses 3")
+        if self.cfg_normalization < 0 or not 0 <= self.cfg_truncation <= 1:
+            raise LoracamError("cfg normalization is 0 (off) or more, cfg truncation between 0 and 1 (1: off)")
 
     @property
     def strength(self) -> float:
@@ -103,6 +121,9 @@ class Shared:
     mask_blur: int = 4
     hires: HiresFix | None = None  # a second, larger pass (txt2img)
     control: tuple[ControlUnit, ...] = ()  # ControlNet units (their weights may differ per sample)
+    shift: float | None = None  # flow families: the sigma shift (None: the model's own)
+    cfg_normalization: float = 0.0
+    cfg_truncation: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,24 @@ ALIASES = {
     "k_heun": "Heun", "k_dpm_2": "DPM2", "k_dpm_2_a": "DPM2 a", "k_dpmpp_2m": "DPM++ 2M",
     "k_dpmpp_sde": "DPM++ SDE", "k_dpmpp_2m_sde": "DPM++ 2M SDE", "ddim": "DDIM", "plms": "PLMS",
     "unipc": "UniPC", "lcm": "LCM", "ddpm": "DDPM",
+    # ComfyUI's KSampler names, which flow-model users bring along
+    "euler": "Euler", "euler_ancestral": "Euler a", "heun": "Heun", "dpmpp_2m": "DPM++ 2M", "uni_pc": "UniPC",
+    "dpmpp_2m_sde": "DPM++ 2M SDE", "dpmpp_sde": "DPM++ SDE", "dpm_2": "DPM2", "dpm_2_ancestral": "DPM2 a",
+}
+
+# Flow-matching families (Z-Image, FLUX): the samplers that have a flow version in diffusers, under the same names.
+# "Euler" is the family pipelines' own FlowMatchEulerDiscreteScheduler; "Euler a" its stochastic form (each step
+# re-noises the predicted image to the next sigma, what ComfyUI's euler_ancestral does for flow models at eta 1);
+# the multistep solvers run on flow sigmas with flow predictions.
+FLOW_SAMPLERS: dict[str, SamplerSpec] = {
+    "Euler": SamplerSpec("FlowMatchEulerDiscreteScheduler", k_diffusion=False),
+    "Euler a": SamplerSpec("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}, k_diffusion=False),
+    "Heun": SamplerSpec("FlowMatchHeunDiscreteScheduler", k_diffusion=False),
+    "DPM++ 2M": SamplerSpec("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                            "use_flow_sigmas": True, "prediction_type": "flow_prediction"}, k_diffusion=False),
+    "UniPC": SamplerSpec("UniPCMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction"},
+                         k_diffusion=False),
+    "LCM": SamplerSpec("FlowMatchLCMScheduler", k_diffusion=False),
 }
 
 # Schedule type -> scheduler options. "timestep_spacing" is applied only where the class takes it.
@@ -85,28 +103,39 @@ def parse_sampler(name: str, schedule: str = "Automatic") -> tuple[str, str]:
     return sampler, sched
 
 
-def resolved_schedule(sampler: str, schedule: str) -> str:
+def resolved_schedule(sampler: str, schedule: str, table: dict[str, SamplerSpec] | None = None) -> str:
     """What A1111 writes as "Schedule type": Automatic becomes the sampler's default when it has one."""
-    return SAMPLERS[sampler].default_schedule if schedule == "Automatic" else schedule
+    return (table or SAMPLERS)[sampler].default_schedule if schedule == "Automatic" else schedule
 
 
-def build_scheduler(base_config: dict, sampler: str, schedule: str):
-    """A fresh diffusers scheduler for (sampler, schedule) on the base model's noise schedule."""
+def flow_sampler(sampler: str, family: str) -> SamplerSpec:
+    """The flow version of an A1111 sampler, or a LoracamError naming the ones there are."""
+    if sampler not in FLOW_SAMPLERS:
+        raise LoracamError(f"{sampler} has no flow-matching version for {family} (a flow model is not sampled on "
+                           f"a noise schedule); use {', '.join(FLOW_SAMPLERS)} (Euler is the model's own)")
+    return FLOW_SAMPLERS[sampler]
+
+
+def build_scheduler(base_config: dict, sampler: str, schedule: str, table: dict[str, SamplerSpec] | None = None):
+    """A fresh diffusers scheduler for (sampler, schedule) on the base model's noise schedule (``table``:
+    FLOW_SAMPLERS for a flow model)."""
     import diffusers
     import inspect
 
-    spec = SAMPLERS[sampler]
+    spec = (table or SAMPLERS)[sampler]
     cls = getattr(diffusers, spec.scheduler)
     accepted = inspect.signature(cls.__init__).parameters
     opts = dict(spec.kwargs)
     if spec.k_diffusion:
         opts["timestep_spacing"] = "linspace"  # k-diffusion spaces timesteps evenly from T-1 to 0
-    sched_opts = SCHEDULES[resolved_schedule(sampler, schedule)]
+    sched_opts = SCHEDULES[resolved_schedule(sampler, schedule, table)]
     missing = [k for k in sched_opts if k not in accepted and k != "timestep_spacing"]
     if missing:
         ok = [s for s in SCHEDULES if all(k in accepted or k == "timestep_spacing" for k in SCHEDULES[s])]
         raise LoracamError(f"schedule type {schedule!r} is not available for {sampler}; use one of: {', '.join(ok)}")
     opts.update({k: v for k, v in sched_opts.items() if k in accepted})
     config = {k: v for k, v in base_config.items() if k in accepted or k in ("num_train_timesteps",)}
+    if "flow_shift" in accepted and "shift" in base_config:  # the multistep solvers name the flow shift so
+        config["flow_shift"] = base_config["shift"]
     config.update(opts)
     return cls.from_config(config)

@@ -21,7 +21,7 @@ class BaseModel:
     name: str  # infotext "Model": file stem, folder name, hub id or "random:tiny"
     ref: str  # the reference the user gave, resolved (absolute path, hub id, random:*)
     family: str  # a key of FAMILIES: "sd1", "sdxl"
-    unet: Any
+    unet: Any  # the denoiser: a U-Net, or a diffusion transformer for the families that have one (Z-Image)
     vae: Any
     text_encoder: Any
     tokenizer: Any
@@ -65,13 +65,32 @@ class BaseModel:
 
     @property
     def is_inpainting(self) -> bool:
-        return self.unet.config.in_channels == 9
+        return self.spec.denoiser == "unet" and self.unet.config.in_channels == 9
+
+    @property
+    def variant(self):
+        """The family's variant this checkpoint is (Z-Image Turbo or Base), or None for families without."""
+        from loracam.models.zimage import VARIANTS
+
+        return VARIANTS.get(self.extra.get("variant", ""))
+
+    @property
+    def default_steps(self) -> int:
+        return self.variant.steps if self.variant else self.spec.default_steps
+
+    @property
+    def default_cfg(self) -> float:
+        return self.variant.cfg if self.variant else self.spec.default_cfg
 
     def components(self) -> dict[str, Any]:
         """Keyword arguments for the family's diffusers pipeline (StableDiffusionPipeline, StableDiffusionXLPipeline)
         built on these components."""
-        from diffusers import EulerDiscreteScheduler, PNDMScheduler
+        from diffusers import EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler, PNDMScheduler
 
+        if self.spec.denoiser == "transformer":
+            return {"transformer": self.unet, "vae": self.vae, "text_encoder": self.text_encoder,
+                    "tokenizer": self.tokenizer,
+                    "scheduler": FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)}
         if self.family == "sdxl":
             return {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder,
                     "text_encoder_2": self.text_encoder_2, "tokenizer": self.tokenizer, "tokenizer_2": self.tokenizer_2,

@@ -20,17 +20,19 @@ class ModelCache:
         self._models: OrderedDict[tuple, BaseModel] = OrderedDict()
 
     def get(self, ref: str | None, device: torch.device, dtype: torch.dtype,
-            allow_pickle: bool = False, prediction: str | None = None, vae: str | None = None) -> BaseModel:
+            allow_pickle: bool = False, prediction: str | None = None, vae: str | None = None,
+            variant: str | None = None) -> BaseModel:
         """The loaded model for ``ref`` on ``device``/``dtype`` (``prediction`` and ``vae`` as LoadOptions says),
         loading it on first use."""
         r = resolve_ref(ref)
-        key = (r.kind, r.value, str(device), dtype, prediction, vae)
+        key = (r.kind, r.value, str(device), dtype, prediction, vae, variant)
         if key in self._models:
             self._models.move_to_end(key)
             return self._models[key]
         while len(self._models) >= self.max_models:
             self._models.popitem(last=False)
-        model = load_base(ref, LoadOptions(device, dtype, allow_pickle, self.hash_cache, prediction, vae))
+        model = load_base(ref, LoadOptions(device, dtype, allow_pickle, self.hash_cache, prediction, vae,
+                                                  variant))
         self._models[key] = model
         return model
 

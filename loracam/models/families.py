@@ -62,14 +62,18 @@ class Family:
     # what it is made of and how it runs
     config_dir: str | None = None  # the shipped diffusers config folder (loracam/models/configs/)
     pipeline: str = ""  # the diffusers pipeline class loracam loads its files and folders with
-    denoiser: str = "unet"  # unet | transformer
-    conditioning: str = "clip"  # the prompt encoder (loracam.prompts.ENCODERS): clip | sdxl
+    denoiser: str = "unet"  # unet | transformer: the diffusers component that denoises (BaseModel.unet holds it)
+    conditioning: str = "clip"  # the prompt encoder (loracam.prompts.ENCODERS): clip | sdxl | qwen3
     zero_empty_negative: bool = False  # an empty negative prompt is zeros, not "" encoded (SDXL in A1111, diffusers)
     text_encoders: tuple[TextEncoder, ...] = ()
     latent: LatentFormat = LatentFormat(4, 0.18215)
     prediction: str = "epsilon"  # epsilon | v_prediction | flow
     sampling: str = "discrete"  # discrete: A1111's samplers on a beta schedule; flow: flow-matching Euler family
+    guidance: str = "uncond"  # CFG as u + s (c - u) (A1111, diffusers' SD) | "cond": c + (s - 1) (c - u) (Z-Image)
     default_size: tuple[int, int] = (512, 512)  # width, height
+    default_sampler: str = "DPM++ 2M"
+    default_steps: int = 20
+    default_cfg: float = 7.0  # A1111's scale; a family with variants (Turbo, Base) takes the variant's
     bucket_step: int = 64
     # the files it writes, as other tools read them
     lora_unet_prefix: str = "lora_unet"
@@ -85,8 +89,8 @@ class Family:
         return f"{name} is {self.label}; {self.why}"
 
 
-_NOT_YET = ("this version of loracam runs SD1.x and SDXL bases only ({label} support is on its way); use an SD1.x "
-            "or SDXL checkpoint (.safetensors), a diffusers folder of one, or the built-in toy base")
+_NOT_YET = ("this version of loracam runs SD1.x, SDXL and Z-Image bases only ({label} support is on its way); use "
+            "an SD1.x, SDXL or Z-Image checkpoint (.safetensors), a diffusers folder of one, or the built-in toy base")
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family(
@@ -150,12 +154,16 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         ss_base_model_version="flux1", modelspec_architecture="flux-1-dev/lora",
     ),
     Family(
-        "zimage", "Z-Image", "a Z-Image model (Turbo or Base)", "planned", why=_NOT_YET.format(label="Z-Image"),
+        "zimage", "Z-Image", "a Z-Image model (Turbo or Base)", "supported",
         file_markers=("noise_refiner.0.attention.qkv.weight", "noise_refiner.0.attention.to_q.weight",
                       "cap_embedder.1.weight"),
-        pipelines=("ZImagePipeline",),
-        denoiser="transformer", text_encoders=(TextEncoder("text_encoder", "qwen3-4b", "lora_te"),),
-        latent=LatentFormat(16, 0.3611, 0.1159), prediction="flow", sampling="flow", default_size=(1024, 1024),
+        pipelines=("ZImagePipeline", "ZImageImg2ImgPipeline", "ZImageInpaintPipeline"),
+        meta_markers=("zimage", "z-image", "z_image"),
+        config_dir="zimage", pipeline="ZImagePipeline", denoiser="transformer", conditioning="qwen3",
+        text_encoders=(TextEncoder("text_encoder", "qwen3-4b", "lora_te"),),
+        latent=LatentFormat(16, 0.3611, 0.1159), prediction="flow", sampling="flow", guidance="cond",
+        default_size=(1024, 1024), default_sampler="Euler", default_steps=9, default_cfg=1.0, bucket_step=32,
+        lora_unet_prefix="lora_unet", ss_base_model_version="zimage", modelspec_architecture="z-image/lora",
     ),
     Family(
         "sd3", "SD3", "a Stable Diffusion 3 model", "refused",

@@ -30,6 +30,7 @@ from loracam.models.families import (FAMILIES, Family, family_of_checkpoint, fam
 from loracam.models.hashing import HashCache
 from loracam.models.tiny import (SD15_DIR, SDXL_DIR, clip_tokenizer, sd15_configs, sdxl_configs,
                                  tiny_configs, tiny_sdxl_configs)
+from loracam.models.zimage import build_random_zimage, tiny_zimage_configs, variant_of, zimage_configs
 
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -55,6 +56,7 @@ class LoadOptions:
     # "epsilon", "v_prediction" or "v_prediction+ztsnr" overrides it
     prediction: str | None = None
     vae: str | None = None  # a separate VAE (file or diffusers folder) replacing the base's: --vae
+    variant: str | None = None  # a family's variant when its files cannot tell (Z-Image: turbo | base)
 
     def __post_init__(self):
         if self.prediction is not None and self.prediction not in PREDICTIONS:  # before minutes of loading
@@ -126,6 +128,21 @@ def ref_family(ref: str | None, allow_pickle: bool = False) -> str:
     return "sd1"  # the toy base, or a folder load_base will explain
 
 
+def ref_defaults(ref: str | None, variant: str | None = None, allow_pickle: bool = False) -> tuple[str, int, float]:
+    """(sampler, steps, CFG scale) a render on this base defaults to: its family's (and variant's: Z-Image Turbo
+    9 steps at CFG 1, Base 30 at 5), read without loading the model. A reference that cannot be read gets SD's
+    defaults here; loading it then says what is wrong."""
+    try:
+        family = FAMILIES[ref_family(ref, allow_pickle)]
+    except LoracamError:
+        family = FAMILIES["sd1"]
+    if family.name == "zimage":
+        v = variant_of(Path(str(ref)).name, variant)  # the file's or folder's own name, not its parents'
+
+        return family.default_sampler, v.steps, v.cfg
+    return family.default_sampler, family.default_steps, family.default_cfg
+
+
 def load_base(ref: str | None, opts: LoadOptions) -> BaseModel:
     """Load the model a reference names, with every problem reported as a LoracamError."""
     r = resolve_ref(ref)
@@ -184,6 +201,8 @@ RANDOM_CONFIGS: dict[str, tuple[str, Callable[[], dict[str, dict]]]] = {
     "random:sd15": ("sd1", sd15_configs),
     "random:tiny-sdxl": ("sdxl", tiny_sdxl_configs),
     "random:sdxl": ("sdxl", sdxl_configs),
+    "random:tiny-zimage": ("zimage", tiny_zimage_configs),
+    "random:zimage": ("zimage", zimage_configs),
 }
 
 
@@ -228,6 +247,8 @@ def _load_random(value: str, opts: LoadOptions) -> BaseModel:
     configs = make()
     if family == "sdxl":
         return _finish(value, value, build_random_sdxl(configs), configs["scheduler"], opts, family="sdxl")
+    if family == "zimage":
+        return _finish(value, value, build_random_zimage(configs), configs["scheduler"], opts, family="zimage")
     unet, vae, te, tok = build_random(configs)
     return _finish(value, value, {"unet": unet, "vae": vae, "text_encoder": te, "tokenizer": tok},
                    configs["scheduler"], opts)
@@ -379,8 +400,12 @@ def _load_file(value: str, opts: LoadOptions) -> BaseModel:
 
 
 def _components(pipe) -> dict:
+    """A pipeline's parts under BaseModel's names: a transformer family's denoiser goes where a U-Net would."""
     names = ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
-    return {n: getattr(pipe, n) for n in names if getattr(pipe, n, None) is not None}
+    parts = {n: getattr(pipe, n) for n in names if getattr(pipe, n, None) is not None}
+    if getattr(pipe, "transformer", None) is not None:
+        parts["unet"] = pipe.transformer
+    return parts
 
 
 def check_layout(keys: dict[str, tuple], configs: dict[str, dict] | None, in_channels: int, name: str,
@@ -587,8 +612,11 @@ def _finish(name, ref, parts: dict, sched_cfg, opts: LoadOptions, path=None, sha
     if opts.prediction is not None:  # a folder's scheduler config or a file's markers say it; the override wins
         prediction, zsnr = prediction_of({}, opts.prediction)
         sched_cfg |= {"prediction_type": prediction, "rescale_betas_zero_snr": zsnr}
+    extra = {}
+    if FAMILIES[family].name == "zimage":
+        extra["variant"] = variant_of(name, opts.variant).name
     return BaseModel(
-        name=name, ref=ref, family=family, unet=parts["unet"], vae=parts["vae"], text_encoder=parts["text_encoder"],
+        extra=extra, name=name, ref=ref, family=family, unet=parts["unet"], vae=parts["vae"], text_encoder=parts["text_encoder"],
         tokenizer=parts["tokenizer"], text_encoder_2=parts.get("text_encoder_2"), tokenizer_2=parts.get("tokenizer_2"),
         scheduler_config={k: v for k, v in dict(sched_cfg).items() if not k.startswith("_")},
         device=opts.device, dtype=opts.dtype, path=path, sha256=sha256,

@@ -144,6 +144,48 @@ class SDXLPromptEncoder:
         return torch.where(after, torch.full_like(ids, self.pad_2), ids)
 
 
+class QwenPromptEncoder:
+    """Z-Image's conditioning as diffusers' ZImagePipeline computes it: the prompt in the tokenizer's chat template
+    (one user message, generation prompt, thinking on), at most 512 tokens, through Qwen3; the penultimate hidden
+    state of the prompt's own tokens (no padding), so each text is [tokens, 2560].
+
+    A1111 syntax on an LLM encoder: BREAK (a 75-token chunk boundary for CLIP) becomes a line break; emphasis is
+    not applied, as in ComfyUI, which tokenizes Z-Image prompts with weights disabled: "(red:1.3)" reaches the
+    encoder as written, brackets and all. Scheduling, alternation, AND and <lora:...> work as for CLIP (they are
+    resolved before the encoder sees a text). Clip skip does not apply: the family's layer is fixed.
+    """
+
+    max_length = 512  # the pipeline's max_sequence_length, template included
+
+    def __init__(self, tokenizer, text_encoder):
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+
+    def template(self, text: str) -> str:
+        text = text.replace(" BREAK ", "\n").replace("BREAK", "\n") if "BREAK" in text else text
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                  add_generation_prompt=True, enable_thinking=True)
+
+    def encode(self, texts: Sequence[str], on_rows: Callable[[torch.Tensor], None] | None = None) -> list[torch.Tensor]:
+        return self.encode_all(texts, on_rows).contexts
+
+    def encode_all(self, texts: Sequence[str], on_rows: Callable[[torch.Tensor], None] | None = None) -> Encoded:
+        # One text per call, padded to 512 as the pipeline pads: a text encodes to the same bits alone or among
+        # others (a batch changes the matrix shapes, and with them the last bits), and as ZImagePipeline encodes
+        # one prompt. Qwen3 is causal, so the padding after a prompt cannot change its tokens' states.
+        return Encoded([self._one(t, i, on_rows) for i, t in enumerate(texts)], None)
+
+    def _one(self, text: str, index: int, on_rows) -> torch.Tensor:
+        batch = self.tokenizer([self.template(text)], padding="max_length", max_length=self.max_length,
+                               truncation=True, return_tensors="pt")
+        device = self.text_encoder.device
+        ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device).bool()
+        if on_rows is not None:
+            on_rows(torch.tensor([index]))
+        hidden = self.text_encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-2]
+        return hidden[0][mask[0]]
+
+
 def encoder_for(model, clip_skip: int = 1):
     """The prompt encoder of a model's family (its table entry's ``conditioning``)."""
     return ENCODERS[model.spec.conditioning](model, clip_skip)
@@ -152,4 +194,5 @@ def encoder_for(model, clip_skip: int = 1):
 ENCODERS: dict[str, Callable] = {
     "clip": lambda m, skip: PromptEncoder(m.tokenizer, m.text_encoder, skip),
     "sdxl": lambda m, skip: SDXLPromptEncoder(m.tokenizer, m.text_encoder, m.tokenizer_2, m.text_encoder_2, skip),
+    "qwen3": lambda m, skip: QwenPromptEncoder(m.tokenizer, m.text_encoder),
 }
