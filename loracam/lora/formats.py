@@ -134,6 +134,10 @@ def read_lora(path: Path) -> LoraFile:
         raise _not_a_lora(path.name, keys)
     records = layouts.PARSERS[layout](tensors, metadata, path.name)
     family = layouts.detect_family(records, metadata)
+    if family == "zimage":  # Z-Image's original module names (fused qkv) to diffusers' paths
+        from loracam.lora.transformer import normalize
+
+        records = normalize(records, path.name)
     modules = _modules(records, family, path.name)
     alias = metadata.get("ss_output_name", "").strip()
     networks = sorted({r.kind for r in records}) + (["DoRA"] if any(r.magnitude is not None for r in records) else [])
@@ -217,14 +221,17 @@ def _check_shapes(m: LoraModule, filename: str) -> None:
 
 
 def write_kohya(path: Path, modules: Mapping[str, LoraModule], metadata: Mapping[str, Any],
-                overwrite: bool = False) -> Path:
-    """Write a kohya LoRA with string metadata and ``sshs_model_hash``, atomically, never clobbering a file."""
+                overwrite: bool = False, family: str | None = None) -> Path:
+    """Write a LoRA with string metadata and ``sshs_model_hash``, atomically, never clobbering a file: kohya's
+    layout, or for a transformer family (``family``: Z-Image) the layout its tools share (lora/transformer.py)."""
     from safetensors.torch import save
+
+    from loracam.lora.transformer import BLOCKS, write_tensors
 
     path = Path(path)
     if path.exists() and not overwrite:
         raise LoracamError(f"{path} already exists; choose another name, or allow overwriting it")
-    tensors = _kohya_tensors(modules)
+    tensors = write_tensors(modules) if family in BLOCKS else _kohya_tensors(modules)
     meta = {k: _meta_str(k, v) for k, v in metadata.items() if k not in ("sshs_model_hash", "sshs_legacy_hash")}
     # The hash covers the tensor bytes only; sd-scripts computes it with just the ss_* metadata present,
     # and the body after the header does not depend on the metadata, so this is the final file's body hash.

@@ -32,8 +32,11 @@ UNSUPPORTED_VARIANTS: dict[str, str] = {
     r"\.lora_B(\.[\w-]+)?\.bias$": "peft LoRA with bias (lora_B.bias keys)",
 }
 
-KOHYA_PREFIXES = {"lora_te1_": "te1", "lora_te2_": "te2", "lora_te_": "te", "lora_unet_": "unet"}
-PEFT_PREFIXES = {"unet": "unet", "text_encoder": "te", "text_encoder_2": "te2"}
+# LyCORIS' "lycoris_" prefix names a diffusion transformer's modules (Z-Image LoKr files)
+KOHYA_PREFIXES = {"lora_te1_": "te1", "lora_te2_": "te2", "lora_te_": "te", "lora_unet_": "unet", "lycoris_": "unet"}
+# a transformer family's denoiser is diffusers' "transformer", ai-toolkit's and ComfyUI's "diffusion_model"
+PEFT_PREFIXES = {"unet": "unet", "text_encoder": "te", "text_encoder_2": "te2", "transformer": "unet",
+                 "diffusion_model": "unet"}
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # diffusers' JSON copy of each component's LoraConfig
 
 
@@ -347,8 +350,12 @@ def _widths(records: list[RawModule]) -> list[int]:
 def detect_family(records: list[RawModule], metadata: Mapping[str, str]) -> str:
     """A family of the table (loracam/models/families.py: "sd1", "sd2", "sdxl", ...) or "unknown": from
     SDXL-only names, kohya/modelspec metadata, then layer widths."""
+    from loracam.lora.transformer import is_zimage_path
+
     if any(r.component == "te2" for r in records):
         return "sdxl"
+    if any(r.component == "unet" and is_zimage_path(r.path) for r in records):
+        return "zimage"
     meta = _family_from_metadata(metadata)
     if meta:
         return meta

@@ -38,6 +38,14 @@ def is_sdxl_unet(unet: nn.Module) -> bool:
     return getattr(getattr(unet, "config", None), "addition_embed_type", None) == "text_time"
 
 
+# a diffusion transformer's class -> its family, for the families whose LoRA targets are their own
+TRANSFORMER_FAMILIES = {"ZImageTransformer2DModel": "zimage"}
+
+
+def transformer_family(denoiser: nn.Module | None) -> str | None:
+    return TRANSFORMER_FAMILIES.get(type(denoiser).__name__)
+
+
 def unet_paths(unet: nn.Module) -> dict[str, str]:
     """Each U-Net layer's diffusers path -> the path its kohya name is made of: the diffusers path on SD1.x, SGM's
     (``input_blocks.4.1.transformer_blocks.0.attn1.to_q``) on SDXL, as sd-scripts' SDXL U-Net names them."""
@@ -110,6 +118,13 @@ def kohya_targets(unet: nn.Module, text_encoder: nn.Module | None, conv: bool = 
     conv_shortcut (at the network dim), 86 more modules on SD1.5.
     """
     found: dict[str, nn.Module] = {}
+    family = transformer_family(unet)
+    if family is not None:  # a diffusion transformer: its family's blocks (loracam.lora.transformer)
+        from loracam.lora.transformer import targets
+
+        for path, module in targets(unet, family):
+            found.setdefault(kohya_name("unet", path), module)
+        return list(found.items())
     names = unet_paths(unet)
     for path, module in _children_of(unet, UNET_ATTN_BLOCKS, _is_1x1):
         found.setdefault(kohya_name("unet", names[path]), module)
