@@ -241,30 +241,40 @@ def prompt(
     text: str = typer.Argument(..., help="A prompt in A1111 syntax."),
     steps: int = typer.Option(20, "--steps", help="Steps used to resolve [from:to:when] schedules."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    family: str = typer.Option("sd1", "--family", help="The base's family: sd1, sdxl, zimage (what the syntax does)."),
 ):
     """Inspect a prompt like A1111's token counter: LoRAs, attention weights, schedule, tokens, chunks."""
     from transformers import CLIPTokenizer
 
     from loracam.models import SD15_DIR
+    from loracam.models.families import FAMILIES
     from loracam.prompts import inspect_prompt
+    from loracam.prompts.inspect import NOTES
 
     if steps < 1:
         raise LoracamError("--steps must be at least 1")
+    if family not in FAMILIES or not FAMILIES[family].supported:
+        raise LoracamError(f"unknown family {family!r}; use {', '.join(n for n, f in FAMILIES.items() if f.supported)}")
     report = inspect_prompt(text, CLIPTokenizer.from_pretrained(SD15_DIR / "tokenizer"), steps)
+    report["notes"] = list(NOTES.get(FAMILIES[family].conditioning, ()))
     if as_json:
         report.pop("ignored_tags")
         typer.echo(json.dumps(report, ensure_ascii=False))
         return
-    typer.echo(f"tokens: {report['tokens']}/{report['chunks'] * 75}  ({report['chunks']} chunk(s))")
+    clip = FAMILIES[family].conditioning in ("clip", "sdxl")  # CLIP's chunks and weights mean nothing on an LLM
+    if clip:
+        typer.echo(f"tokens: {report['tokens']}/{report['chunks'] * 75}  ({report['chunks']} chunk(s))")
     for lora in report["loras"]:
         typer.echo(f"lora: {lora['name']}  te={lora['te']:g} unet={lora['unet']:g}")
-    for seg, weight in report["attention"]:
+    for seg, weight in report["attention"] if clip else ():
         typer.echo(f"  {weight:6.3f}  {seg!r}")
     if len(report["schedule"]) > 1:
         for end, t in report["schedule"]:
             typer.echo(f"until step {end}: {t}")
     for tag in report["ignored_tags"]:
         typer.secho(f"warning: {tag} is not a LoRA tag and is ignored", err=True, fg=typer.colors.YELLOW)
+    for note in report["notes"]:
+        typer.echo(f"note: {note}")
 
 
 @app.command()

@@ -208,3 +208,43 @@ def test_the_shipped_configs_build_zimage_at_its_published_sizes():
     assert round(count["text_encoder"] / 1e9, 2) == 4.02
     assert round((count["text_encoder"] - 151936 * 2560) / 1e9, 2) == 3.63
     assert round(count["vae"] / 1e6, 1) == 83.8
+
+
+def test_loracam_prompt_says_what_a1111_syntax_does_on_zimage():
+    from typer.testing import CliRunner
+
+    from loracam.cli import app
+
+    r = CliRunner().invoke(app, ["prompt", "(red:1.3) dress BREAK beach <lora:face:0.8>", "--family", "zimage"])
+    assert r.exit_code == 0, r.output
+    assert "emphasis is not applied" in r.output and "BREAK becomes a line break" in r.output
+    assert "lora: face" in r.output and "chunk" not in r.output.split("note:")[0]
+    r = CliRunner().invoke(app, ["prompt", "x", "--family", "flux1"])
+    assert r.exit_code != 0 and "unknown family 'flux1'; use sd1, sdxl, zimage" in r.output
+
+
+def test_hires_fix_detail_pass_and_grid_run_on_zimage(tmp_path):
+    """The stages above the engine on a flow model: a Latent hires pass, a detail pass, an X/Y grid."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from loracam.cli import app
+
+    runner = CliRunner()
+    base = ["--base", "random:tiny-zimage", "--steps", "2", "--seed", "1"]
+    r = runner.invoke(app, ["gen", "a dress", *base, "--size", "32x32", "--hires-scale", "2", "-o", str(tmp_path / "h")])
+    assert r.exit_code == 0, r.output
+    [png] = (tmp_path / "h").glob("*.png")
+    assert Image.open(png).size == (64, 64) and "Hires upscaler: Latent" in Image.open(png).info["parameters"]
+    m = np.zeros((64, 64), np.uint8)
+    m[16:48, 16:48] = 255
+    Image.fromarray(m).save(tmp_path / "m.png")
+    r = runner.invoke(app, ["gen", "a dress", *base, "--steps", "3", "--size", "64x64",  # 0.4 x 3: one step
+                            "--detail", f"mask:{tmp_path / 'm.png'}",
+                            "-o", str(tmp_path / "d")])
+    assert r.exit_code == 0, r.output
+    [png] = (tmp_path / "d").glob("*.png")
+    assert "ADetailer model: " in Image.open(png).info["parameters"]
+    r = runner.invoke(app, ["grid", "a dress", *base, "--size", "32x32", "--x", "cfg=1,3", "-o", str(tmp_path / "g")])
+    assert r.exit_code == 0, r.output
+    assert "2 cells (2 rendered" in r.output

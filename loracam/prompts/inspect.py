@@ -9,6 +9,17 @@ from loracam.prompts.schedule import prompt_schedule
 from loracam.prompts.tokens import Chunker
 
 
+# What A1111's syntax does on a family's encoder where it differs from CLIP's (a family's ``conditioning``).
+NOTES: dict[str, tuple[str, ...]] = {
+    "qwen3": ("emphasis is not applied on Z-Image's LLM encoder (Qwen3), as in ComfyUI, which encodes Z-Image prompts "
+              "with weights off: (word:1.3) reaches the encoder as written, brackets and all; describe what matters "
+              "in words instead",
+              "BREAK becomes a line break (there are no 75-token chunks); the encoder reads up to 512 tokens, its chat "
+              "template included, and cuts the rest, as ZImagePipeline does",
+              "scheduling [a:b:N], alternation [a|b], AND and <lora:...> work as on CLIP models"),
+}
+
+
 def inspect_prompt(prompt: str, tokenizer, steps: int = 20) -> dict:
     """Text without LoRA tags, the LoRAs, attention runs, schedule, token and chunk counts."""
     text, loras, others = extract_networks(prompt)
