@@ -12,6 +12,9 @@ versions. Sections (a table: later benchmarks such as upscale, ControlNet or the
 - upscale: an x4plus-shaped RRDBNet at 512x768 -> 2048x3072, fp16: megapixels/s, tiled against untiled.
 - sdxl: random:sdxl at 1024x1024, 30 steps, batch 1 and 4 against diffusers' SDXL pipeline; LoRA training at 1024,
   batch 1, checkpointing, bf16 weights, Adafactor: peak memory (goal <= 8 GB) and samples/s with MFU.
+- zimage: random:zimage at 1024x1024, Turbo's 9 steps without CFG, bf16, batch 1 and 4 against diffusers'
+  ZImagePipeline (s/image, MFU by the transformer's counted forward FLOPs). Its LoRA training numbers wait for
+  flow-matching training on Z-Image.
 Random-weight models of the full SD1.5 architecture run at exactly the speed of trained ones.
 
 On a CPU it runs as a smoke test at tiny sizes (random:tiny, 64x64, a few steps), which the test suite does so
@@ -45,7 +48,10 @@ from _common import RESULTS, environment  # noqa: E402
 GFLOP = {"train_512x768": 2861, "train_512x768_checkpointing": 3839, "image_512x768_30_steps": 81500,
          # SDXL's U-Net forward at 1024x1024 is 6,761 (perf.md); training = forward + backward (2x) = 3x, and
          # gradient checkpointing runs the forward once more: 4x
-         "sdxl_forward_1024": 6761, "sdxl_train_1024_checkpointing": 4 * 6761}
+         "sdxl_forward_1024": 6761, "sdxl_train_1024_checkpointing": 4 * 6761,
+         # Z-Image's transformer forward at 1024x1024 with a 64-token caption, counted by torch's FlopCounterMode
+         # on the meta device (zimage_forward_gflop below; benchmarks/README.md, "gpu_suite: zimage")
+         "zimage_forward_1024": 55_606}
 PEAK_BF16_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "4090": 165}  # dense, perf.md
 
 
@@ -67,13 +73,16 @@ class Scale:
     sdxl_size: int = 1024
     sdxl_steps: int = 30
     sdxl_train_steps: int = 12
+    zimage_model: str = "random:zimage"
+    zimage_size: int = 1024
+    zimage_steps: int = 9
 
 
 GPU = Scale("random:sd15", 512, 768, train_steps=20, train_images=16, gen_steps=30, gen_reps=3, grid_steps=20,
             precision="bf16", device="cuda")
 SMOKE = Scale("random:tiny", 64, 64, train_steps=4, train_images=8, gen_steps=2, gen_reps=1, grid_steps=2,
               precision="no", device="cpu", sdxl_model="random:tiny-sdxl", sdxl_size=64, sdxl_steps=2,
-              sdxl_train_steps=4)
+              sdxl_train_steps=4, zimage_model="random:tiny-zimage", zimage_size=64, zimage_steps=2)
 
 
 def peak_tflops(device_name: str) -> float | None:
@@ -325,6 +334,62 @@ def sdxl_train_run(s: Scale, work: Path) -> dict:
             "goal_peak_memory_gib": 8}
 
 
+def section_zimage(s: Scale, work: Path) -> dict:
+    """random:zimage at 1024x1024, Turbo's settings (9 steps, Euler at shift 3, CFG 1), bf16, batch 1 and 4, against
+    diffusers' ZImagePipeline on the same components."""
+    from diffusers import ZImagePipeline
+
+    from loracam.generate.engine import render
+    from loracam.generate.request import Sample, Shared
+    from loracam.models import ModelCache, pick_device
+
+    device = pick_device(s.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # Z-Image runs in bf16 (fp16 overflows)
+    model = ModelCache().get(s.zimage_model, device, dtype)
+    size, steps = s.zimage_size, s.zimage_steps
+    shared = Shared(size, size, steps, "Euler", "Automatic")
+    pipe = ZImagePipeline(**model.components())
+    pipe.set_progress_bar_config(disable=True)
+    out = {"model": s.zimage_model, "size": f"{size}x{size}", "steps": steps, "sampler": "Euler", "cfg": 1.0,
+           "dtype": str(dtype).replace("torch.", "")}
+    for batch in (1, 4):
+        reps = s.gen_reps if batch == 1 else 1
+        ours = timed_reps(lambda: render(model, shared, [Sample(PROMPT, "", 42 + i, 1.0) for i in range(batch)]),
+                          reps) / batch
+        theirs = timed_reps(lambda: pipe(PROMPT, num_inference_steps=steps, height=size, width=size,
+                                         guidance_scale=0.0, num_images_per_prompt=batch,
+                                         generator=torch.Generator().manual_seed(42)), reps) / batch
+        full = s.zimage_model == "random:zimage" and size == 1024  # one transformer row an image a step
+        out[f"batch{batch}"] = {"loracam_s_per_image": round(ours, 4), "diffusers_s_per_image": round(theirs, 4),
+                                "ratio": round(ours / theirs, 3),
+                                "mfu": _mfu_any(1 / ours, GFLOP["zimage_forward_1024"] * steps) if full else None}
+    out["train"] = {"skipped": "flow-matching LoRA training on Z-Image is not built yet"}
+    return out
+
+
+def _mfu_any(units_per_s: float, gflop_per_unit: float) -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    peak = peak_tflops(torch.cuda.get_device_name(0))
+    return round(units_per_s * gflop_per_unit / (peak * 1000), 4) if peak else None
+
+
+def zimage_forward_gflop(size: int = 1024, caption_tokens: int = 64) -> float:
+    """GFLOP of one ZImageTransformer2DModel forward (the shipped full config), counted on the meta device."""
+    from diffusers import ZImageTransformer2DModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from loracam.models.zimage import zimage_configs
+
+    with torch.device("meta"):
+        t = ZImageTransformer2DModel.from_config(zimage_configs()["transformer"])
+        x = [torch.zeros(16, 1, size // 8, size // 8)]
+        cap = [torch.zeros(caption_tokens, 2560)]
+        with FlopCounterMode(display=False) as fc:
+            t(x, torch.zeros(1), cap, return_dict=False)
+    return fc.get_total_flops() / 1e9
+
+
 SECTIONS: dict[str, Callable[[Scale, Path], dict]] = {
     "train": section_train,
     "generate": section_generate,
@@ -332,6 +397,7 @@ SECTIONS: dict[str, Callable[[Scale, Path], dict]] = {
     "upscale": section_upscale,
     "controlnet": section_controlnet,
     "sdxl": section_sdxl,
+    "zimage": section_zimage,
 }
 
 

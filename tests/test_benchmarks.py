@@ -19,7 +19,10 @@ def test_gpu_suite_runs_as_a_cpu_smoke_test_and_never_replaces_the_gpu_results(t
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     doc = json.loads(out.read_text())
     assert doc["scale"]["model"] == "random:tiny" and set(doc["sections"]) == {"train", "generate", "grid", "upscale",
-                                                                                "controlnet", "sdxl"}
+                                                                                "controlnet", "sdxl", "zimage"}
+    z = doc["sections"]["zimage"]
+    assert z["model"] == "random:tiny-zimage" and z["batch4"]["diffusers_s_per_image"] > 0, z
+    assert z["batch1"]["loracam_s_per_image"] > 0 and z["batch1"]["mfu"] is None  # MFU only at full size
     xl = doc["sections"]["sdxl"]
     assert xl["model"] == "random:tiny-sdxl" and xl["batch4"]["diffusers_s_per_image"] > 0, xl
     assert xl["train"]["samples_per_s"] > 0 and xl["train"]["optimizer"] == "Adafactor"

@@ -55,7 +55,8 @@ def test_prompt_json():
     r = run("prompt", "a (cat:1.3) <lora:x:0.5:0.2> [red|blue] BREAK b", "--steps", "4", "--json")
     assert r.exit_code == 0
     data = json.loads(r.output)
-    assert set(data) == {"text", "loras", "attention", "schedule", "tokens", "chunks"}
+    assert set(data) == {"text", "loras", "attention", "schedule", "tokens", "chunks", "notes"}
+    assert data["notes"] == []  # SD1.x: the syntax does what A1111's does
     assert data["loras"] == [{"name": "x", "te": 0.5, "unet": 0.2}]
     assert ["cat", 1.3] in data["attention"] and ["BREAK", -1] in data["attention"]
     assert [row[0] for row in data["schedule"]] == [1, 2, 3, 4]

@@ -248,3 +248,13 @@ def test_hires_fix_detail_pass_and_grid_run_on_zimage(tmp_path):
     r = runner.invoke(app, ["grid", "a dress", *base, "--size", "32x32", "--x", "cfg=1,3", "-o", str(tmp_path / "g")])
     assert r.exit_code == 0, r.output
     assert "2 cells (2 rendered" in r.output
+
+
+def test_a_zimage_single_file_is_refused_with_what_to_use(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "z_image_turbo_bf16.safetensors"
+    save_file({"noise_refiner.0.attention.qkv.weight": torch.zeros(1), "cap_embedder.1.weight": torch.zeros(1)},
+              str(path))
+    with pytest.raises(LoracamError, match="diffusion-model file.*diffusers folder only.*--base"):
+        load_base(str(path), CPU)

@@ -373,6 +373,12 @@ def _load_file(value: str, opts: LoadOptions) -> BaseModel:
     path = Path(value)
     keys = checkpoint_keys(path, opts.allow_pickle)
     family = checkpoint_family(keys, path.name)
+    if family.denoiser == "transformer":
+        raise LoracamError(
+            f"{path.name} is {family.label} diffusion-model file (ComfyUI's split files: this, the Qwen3 text "
+            "encoder file and the VAE file); this version of loracam reads Z-Image as a diffusers folder only "
+            "(Tongyi-MAI/Z-Image-Turbo's layout: model_index.json with transformer/, text_encoder/, tokenizer/, "
+            "vae/, scheduler/): pass that folder with --base")
     in_ch = keys.get("model.diffusion_model.input_blocks.0.0.weight", (0, 4))[1]
     configs = checkpoint_configs(path, opts.allow_pickle, family.name)
     check_layout(keys, configs, in_ch, path.name, family.name)
