@@ -258,3 +258,18 @@ def test_a_zimage_single_file_is_refused_with_what_to_use(tmp_path):
               str(path))
     with pytest.raises(LoracamError, match="diffusion-model file.*diffusers folder only.*--base"):
         load_base(str(path), CPU)
+
+
+def test_training_on_zimage_is_refused_by_name_before_anything_is_written(tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from loracam.cli import app
+
+    folder = tmp_path / "ds" / "img" / "10_sks"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (64, 64), "red").save(folder / "0.png")
+    r = CliRunner().invoke(app, ["train", str(tmp_path / "ds"), "--base", "random:tiny-zimage", "--max-steps", "1",
+                                 "-o", str(tmp_path / "z.safetensors")])
+    assert r.exit_code != 0 and "LoRA training on Z-Image is not in this version" in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]

@@ -74,6 +74,8 @@ class Family:
     default_sampler: str = "DPM++ 2M"
     default_steps: int = 20
     default_cfg: float = 7.0  # A1111's scale; a family with variants (Turbo, Base) takes the variant's
+    trains: bool = True  # loracam trains LoRAs on it (a supported family may render before it trains)
+    train_why: str = ""  # when it does not: what to do instead
     bucket_step: int = 64
     # the files it writes, as other tools read them
     lora_unet_prefix: str = "lora_unet"
@@ -163,6 +165,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
         text_encoders=(TextEncoder("text_encoder", "qwen3-4b", "lora_te"),),
         latent=LatentFormat(16, 0.3611, 0.1159), prediction="flow", sampling="flow", guidance="cond",
         default_size=(1024, 1024), default_sampler="Euler", default_steps=9, default_cfg=1.0, bucket_step=32,
+        trains=False, train_why=("LoRA training on Z-Image is not in this version of loracam yet (it renders Z-Image "
+                                 "and reads and writes its LoRAs); train the LoRA with ai-toolkit or musubi-tuner on "
+                                 "Z-Image Base, then use it here with <lora:NAME:W>"),
         lora_unet_prefix="lora_unet", ss_base_model_version="zimage", modelspec_architecture="z-image/lora",
     ),
     Family(

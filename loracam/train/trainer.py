@@ -211,7 +211,11 @@ def train(cfg: TrainConfig, echo: Echo = print, control: Control | None = None,
 
     from loracam.models.loader import ref_family
 
+    from loracam.models.families import FAMILIES
+
     family = ref_family(cfg.base)
+    if not FAMILIES[family].trains:  # before the dataset is read or the model loaded
+        raise LoracamError(FAMILIES[family].train_why)
     r = _resolve(cfg, family)
     cfg = r.cfg
     check_names(cfg.optimizer, cfg.lr_scheduler)
