@@ -273,3 +273,14 @@ def test_training_on_zimage_is_refused_by_name_before_anything_is_written(tmp_pa
                                  "-o", str(tmp_path / "z.safetensors")])
     assert r.exit_code != 0 and "LoRA training on Z-Image is not in this version" in r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+def test_loracam_info_says_a_zimage_transformer_file_is_not_usable_as_a_base(tmp_path):
+    from loracam.info import describe
+    from loracam.models import HashCache
+    from safetensors.torch import save_file
+
+    path = tmp_path / "z_image_turbo_bf16.safetensors"
+    save_file({"noise_refiner.0.attention.qkv.weight": torch.zeros(1)}, str(path))
+    info = describe(path, HashCache(None))
+    assert info["family"] == "zimage" and info["usable"].startswith("no: z_image_turbo_bf16.safetensors is a Z-Image")

@@ -25,8 +25,8 @@ import torch
 
 from loracam.errors import LoracamError
 from loracam.models.base import BaseModel
-from loracam.models.families import (FAMILIES, Family, family_of_checkpoint, family_of_pipeline, require_supported,
-                                     short_name)
+from loracam.models.families import (FAMILIES, Family, article, family_of_checkpoint, family_of_pipeline,
+                                     require_supported, short_name)
 from loracam.models.hashing import HashCache
 from loracam.models.tiny import (SD15_DIR, SDXL_DIR, clip_tokenizer, sd15_configs, sdxl_configs,
                                  tiny_configs, tiny_sdxl_configs)
@@ -312,7 +312,14 @@ def checkpoint_family(keys: dict[str, tuple], name: str) -> Family:
             raise LoracamError(f"{name} is not a base model loracam knows (no SD U-Net or diffusion transformer "
                                "weights in it); is it a VAE, a text encoder or an upscaler?")
         family = FAMILIES["sd1"]  # an SD U-Net without SD1's markers: check_layout says what it lacks
-    return require_supported(family, name)
+    require_supported(family, name)
+    if family.denoiser == "transformer":
+        raise LoracamError(
+            f"{name} is {article(family.name)} {family.short} diffusion-model file (ComfyUI's split files: this, the Qwen3 text "
+            "encoder file and the VAE file); this version of loracam reads Z-Image as a diffusers folder only "
+            "(Tongyi-MAI/Z-Image-Turbo's layout: model_index.json with transformer/, text_encoder/, tokenizer/, "
+            "vae/, scheduler/): pass that folder with --base")
+    return family
 
 
 def detect_checkpoint_family(keys: dict[str, tuple], name: str) -> str:
@@ -373,12 +380,6 @@ def _load_file(value: str, opts: LoadOptions) -> BaseModel:
     path = Path(value)
     keys = checkpoint_keys(path, opts.allow_pickle)
     family = checkpoint_family(keys, path.name)
-    if family.denoiser == "transformer":
-        raise LoracamError(
-            f"{path.name} is {family.label} diffusion-model file (ComfyUI's split files: this, the Qwen3 text "
-            "encoder file and the VAE file); this version of loracam reads Z-Image as a diffusers folder only "
-            "(Tongyi-MAI/Z-Image-Turbo's layout: model_index.json with transformer/, text_encoder/, tokenizer/, "
-            "vae/, scheduler/): pass that folder with --base")
     in_ch = keys.get("model.diffusion_model.input_blocks.0.0.weight", (0, 4))[1]
     configs = checkpoint_configs(path, opts.allow_pickle, family.name)
     check_layout(keys, configs, in_ch, path.name, family.name)
