@@ -284,3 +284,17 @@ def test_loracam_info_says_a_zimage_transformer_file_is_not_usable_as_a_base(tmp
     save_file({"noise_refiner.0.attention.qkv.weight": torch.zeros(1)}, str(path))
     info = describe(path, HashCache(None))
     assert info["family"] == "zimage" and info["usable"].startswith("no: z_image_turbo_bf16.safetensors is a Z-Image")
+
+
+@pytest.mark.parametrize("part,what", [("tokenizer", "tokenizer/"), ("text_encoder", "text_encoder/ (Qwen3Model)")])
+def test_a_folder_missing_its_tokenizer_or_text_encoder_says_what_is_missing(zimage_folder, tmp_path, part, what):
+    import shutil
+
+    folder = tmp_path / "Z-Image-Turbo"
+    shutil.copytree(zimage_folder, folder)
+    shutil.rmtree(folder / part)
+    import re
+
+    with pytest.raises(LoracamError, match=f"is a Z-Image folder without {re.escape(what)}.*Tongyi-MAI/Z-Image-Turbo"):
+        load_base(str(folder), CPU)
+    assert (folder / "model_index.json").exists() and (folder / "transformer").is_dir()  # nothing touched

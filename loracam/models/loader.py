@@ -512,7 +512,40 @@ def _load_folder(value: str, opts: LoadOptions) -> BaseModel:
             hint = "; to use a checkpoint file in it, pass the file itself"
         raise LoracamError(f"{path} is not a diffusers model folder (no model_index.json){hint}")
     family = folder_family(path)
+    check_folder(path, family)
     return _from_pretrained(str(path), path.name, opts, local_only=True, family=family.name)
+
+
+# What each part of a diffusers folder holds, for the message when one is missing (the hub layouts' names)
+_PART_FILES = {"tokenizer": ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "vocab.txt",
+                             "spiece.model")}
+_WEIGHTS = (".safetensors", ".bin")
+
+
+def check_folder(path: Path, family: Family) -> None:
+    """Every component model_index.json names is there with its files, or one message listing what is missing and
+    where it usually comes from (diffusers' own errors name one file of one part, or a tokenizer converter)."""
+    index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    missing = []
+    for part, spec in index.items():
+        if part.startswith("_") or not isinstance(spec, list) or None in spec:
+            continue
+        folder = path / part
+        files = {f.name for f in folder.iterdir()} if folder.is_dir() else set()
+        if part.startswith("tokenizer"):
+            ok = any(n in files for n in _PART_FILES["tokenizer"])
+        elif part.startswith("scheduler"):
+            ok = "scheduler_config.json" in files
+        else:
+            ok = "config.json" in files and any(n.endswith(_WEIGHTS) for n in files)
+        if not ok:
+            missing.append(f"{part}/ ({spec[1]})")
+    if missing:
+        where = {"zimage": "Tongyi-MAI/Z-Image-Turbo (or Z-Image) on the Hugging Face hub"}.get(
+            family.name, "the model's diffusers repository")
+        raise LoracamError(f"{path} is {article(family.name)} {family.short} folder without {', '.join(missing)}: each part is a subfolder "
+                           f"with its config and weights (a tokenizer's tokenizer.json or vocab.json + merges.txt and "
+                           f"tokenizer_config.json), as in {where}; copy the missing parts from there")
 
 
 def folder_family(path: Path) -> Family:
