@@ -161,15 +161,18 @@ def render_samples(model: BaseModel, shared: Shared, samples: Sequence[Sample], 
 def infotext_params(model: BaseModel, shared: Shared, s: Sample, lora_hashes: dict[str, str]) -> dict:
     """A1111's parameter line, in A1111's key order; a flow model's shift as Forge writes it ("Shift")."""
     flow = model.spec.sampling == "flow"
+    shift = None
     if flow:
         from loracam.generate.flow import model_shift
         from loracam.generate.samplers import FLOW_SAMPLERS
+
+        shift = model_shift(model, shared)
     return {
         "Steps": shared.steps,
         "Sampler": shared.sampler,
         "Schedule type": resolved_schedule(shared.sampler, shared.schedule, FLOW_SAMPLERS if flow else None),
         "CFG scale": f"{s.cfg:g}",
-        "Shift": f"{model_shift(model, shared):g}" if flow and model_shift(model, shared) is not None else None,
+        "Shift": f"{shift:g}" if shift is not None else None,
         "CFG normalization": f"{shared.cfg_normalization:g}" if shared.cfg_normalization else None,
         "CFG truncation": f"{shared.cfg_truncation:g}" if shared.cfg_truncation != 1.0 else None,
         "Seed": s.seed,

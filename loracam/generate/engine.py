@@ -317,6 +317,14 @@ def blurred_mask(mask: Image.Image, blur: int) -> Image.Image:
     return mask.filter(ImageFilter.GaussianBlur(blur)) if blur > 0 else mask
 
 
+def latent_mask(mask: Image.Image, blur: int, like: torch.Tensor) -> torch.Tensor:
+    """The blurred mask at latent size, [samples, 1, h, w] in [0, 1] fp32 on ``like``'s device."""
+    h, w = like.shape[-2:]
+    m = blurred_mask(mask, blur).resize((w, h), Image.BILINEAR)
+    out = torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0)[None, None]
+    return out.to(like.device).expand(like.shape[0], 1, h, w)
+
+
 class _Inpaint:
     """Mask state for inpainting: blend known latents back each step (4-channel models) or feed
     mask and masked-image latents as extra U-Net channels (9-channel inpainting models)."""
@@ -329,10 +337,8 @@ class _Inpaint:
 
     @classmethod
     def prepare(cls, model: BaseModel, init: InitImages, init_latents, noise, blur: int) -> "_Inpaint":
+        mask = latent_mask(init.mask, blur, init_latents).to(model.dtype)
         h, w = init_latents.shape[-2:]
-        m = blurred_mask(init.mask, blur).resize((w, h), Image.BILINEAR)
-        mask = torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0)[None, None]
-        mask = mask.to(model.device, model.dtype).expand(init_latents.shape[0], 1, h, w)
         extra = None
         if model.is_inpainting:
             keep = np.asarray(init.mask.resize(init.image.size), dtype=np.float32)[..., None] < 127.5

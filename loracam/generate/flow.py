@@ -92,7 +92,9 @@ def sample_flow(model, shared: Shared, samples: Sequence[Sample], plan: CondPlan
         known = init_latents.float()
         latents = sigma * latents + (1.0 - sigma) * known
         if init is not None and init.mask is not None:
-            mask = _latent_mask(model, init, known, shared.mask_blur)
+            from loracam.generate.engine import latent_mask
+
+            mask = latent_mask(init.mask, shared.mask_blur, known)
     cfg = [s.cfg for s in samples]
     step_kwargs = {"generator": gens} if "generator" in inspect.signature(sched.step).parameters else {}
     wants_uncond = not all(c == 1.0 and len(plan.conds[i]) == 1 and plan.conds[i][0][1] == 1.0
@@ -167,18 +169,6 @@ def _guide(v: torch.Tensor, rows: Rows, cfg: Sequence[float], use_uncond: bool, 
                 pred = pred * (top / now)
         out.append(pred)
     return torch.stack(out)
-
-
-def _latent_mask(model, init, known: torch.Tensor, blur: int) -> torch.Tensor:
-    import numpy as np
-    from PIL import Image
-
-    from loracam.generate.engine import blurred_mask
-
-    h, w = known.shape[-2:]
-    m = blurred_mask(init.mask, blur).resize((w, h), Image.BILINEAR)
-    mask = torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0)[None, None]
-    return mask.to(known.device).expand(known.shape[0], 1, h, w)
 
 
 def _blend(sched, latents, known, noise, mask, next_index: int) -> torch.Tensor:
